@@ -1,0 +1,202 @@
+"""Shared pieces of the bench scripts: paths, perf_analyzer environment, the add_sub model, a server."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+ADD_SUB_DIMS = 16
+ADD_SUB_MAX_BATCH = 8
+
+ADD_SUB_CONFIG = """\
+name: "add_sub"
+backend: "onnxruntime"
+max_batch_size: 8
+input [
+  { name: "INPUT0" data_type: TYPE_FP32 dims: [ 16 ] },
+  { name: "INPUT1" data_type: TYPE_FP32 dims: [ 16 ] }
+]
+output [
+  { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 16 ] },
+  { name: "OUTPUT1" data_type: TYPE_FP32 dims: [ 16 ] }
+]
+instance_group [ { count: 1 kind: KIND_CPU } ]
+"""
+
+
+def venv_dir() -> Path:
+    """The venv the bench uses: $VENV (relative paths are taken from the repository root), default .venv."""
+    venv = Path(os.environ.get("VENV", ".venv"))
+    return venv if venv.is_absolute() else REPO_ROOT / venv
+
+
+def venv_python() -> Path:
+    """The venv's interpreter, or the running one when the venv has none."""
+    python = venv_dir() / "bin" / "python"
+    return python if python.exists() else Path(sys.executable)
+
+
+@dataclass(frozen=True)
+class PerfAnalyzer:
+    """Where perf_analyzer is and the environment it needs to load (libcudart.so.12 on LD_LIBRARY_PATH)."""
+
+    path: Path
+    env: dict[str, str]
+
+
+def cuda_runtime_lib_dir() -> Path:
+    """site-packages/nvidia/cuda_runtime/lib (from nvidia-cuda-runtime-cu12, see bench/setup.sh)."""
+    candidates: list[Path] = sorted(venv_dir().glob("lib/python3*/site-packages/nvidia/cuda_runtime/lib"))
+    spec = importlib.util.find_spec("nvidia.cuda_runtime") if importlib.util.find_spec("nvidia") else None
+    if spec is not None and spec.submodule_search_locations:
+        candidates += [Path(p) / "lib" for p in spec.submodule_search_locations]
+    for lib in candidates:
+        if (lib / "libcudart.so.12").exists():
+            return lib
+    raise FileNotFoundError(
+        "libcudart.so.12 not found under site-packages/nvidia/cuda_runtime/lib; run `bash bench/setup.sh`"
+    )
+
+
+def perf_analyzer() -> PerfAnalyzer:
+    """perf_analyzer from the venv (tritonclient wheel) and an environment in which it loads."""
+    path = venv_dir() / "bin" / "perf_analyzer"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found; install tritonclient==2.50.0 into the venv")
+    env = dict(os.environ)
+    lib = str(cuda_runtime_lib_dir())
+    env["LD_LIBRARY_PATH"] = lib + (os.pathsep + env["LD_LIBRARY_PATH"] if env.get("LD_LIBRARY_PATH") else "")
+    return PerfAnalyzer(path=path, env=env)
+
+
+def build_add_sub_repository(root: Path) -> Path:
+    """Write add_sub (OUTPUT0 = INPUT0 + INPUT1, OUTPUT1 = INPUT0 - INPUT1, FP32 [-1, 16]), Triton layout."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    shape: list[str | int] = ["batch", ADD_SUB_DIMS]
+    graph = helper.make_graph(
+        nodes=[
+            helper.make_node("Add", ["INPUT0", "INPUT1"], ["OUTPUT0"]),
+            helper.make_node("Sub", ["INPUT0", "INPUT1"], ["OUTPUT1"]),
+        ],
+        name="add_sub",
+        inputs=[helper.make_tensor_value_info(n, TensorProto.FLOAT, shape) for n in ("INPUT0", "INPUT1")],
+        outputs=[helper.make_tensor_value_info(n, TensorProto.FLOAT, shape) for n in ("OUTPUT0", "OUTPUT1")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.checker.check_model(model)
+    model_dir = root / "add_sub"
+    (model_dir / "1").mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(model_dir / "1" / "model.onnx"))
+    (model_dir / "config.pbtxt").write_text(ADD_SUB_CONFIG)
+    return root
+
+
+def latest_onnx_model(repository: Path, model: str) -> Path:
+    """The model.onnx of the highest numeric version of `model` in a Triton-layout repository."""
+    versions = [d for d in (repository / model).iterdir() if d.is_dir() and d.name.isdigit()]
+    for version in sorted(versions, key=lambda d: int(d.name), reverse=True):
+        if (version / "model.onnx").exists():
+            return version / "model.onnx"
+    raise FileNotFoundError(f"no <version>/model.onnx under {repository / model}")
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct free TCP ports on 127.0.0.1 (all sockets held open until all are chosen)."""
+    with contextlib.ExitStack() as stack:
+        ports = []
+        for _ in range(count):
+            sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            sock.bind(("127.0.0.1", 0))
+            ports.append(sock.getsockname()[1])
+        return ports
+
+
+def _tail(path: Path, lines: int = 40) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def wait_ready(url: str, process: subprocess.Popen[bytes], log: Path, timeout_s: float) -> None:
+    """Poll `url` until it answers 200; fail early if the process exits, and after `timeout_s` seconds."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(
+                f"server exited with {process.returncode} before ready; log tail:\n{_tail(log)}"
+            )
+        try:
+            with urllib.request.urlopen(url, timeout=1.0) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"{url} not ready after {timeout_s:.0f} s; log tail:\n{_tail(log)}")
+
+
+def stop_process(process: subprocess.Popen[bytes], grace_s: float = 10.0) -> None:
+    """SIGTERM, wait up to `grace_s`, then SIGKILL."""
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+@dataclass(frozen=True)
+class ServerEndpoints:
+    http_port: int
+    grpc_port: int
+    metrics_port: int
+
+    @property
+    def http_url(self) -> str:
+        return f"127.0.0.1:{self.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+
+@contextlib.contextmanager
+def kiln_server(
+    repository: Path, log: Path, ready_timeout_s: float = 60.0, extra_args: Sequence[str] = ()
+) -> Iterator[ServerEndpoints]:
+    """Run `python -m kiln serve` on free ports until the block ends; the server is always stopped."""
+    http_port, grpc_port, metrics_port = free_ports(3)
+    endpoints = ServerEndpoints(http_port, grpc_port, metrics_port)
+    command = [
+        str(venv_python()), "-m", "kiln", "serve",
+        "--model-repository", str(repository),
+        "--http-port", str(http_port),
+        "--grpc-port", str(grpc_port),
+        "--metrics-port", str(metrics_port),
+        *extra_args,
+    ]  # fmt: skip
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("wb") as log_file:
+        process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=log_file, stderr=subprocess.STDOUT)
+        try:
+            wait_ready(f"http://{endpoints.http_url}/v2/health/ready", process, log, ready_timeout_s)
+            yield endpoints
+        finally:
+            stop_process(process)

@@ -1,0 +1,132 @@
+"""``kiln serve``: Triton's flag names where they apply."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("kiln.cli")
+
+
+def _bool(value: str) -> bool:
+    v = value.strip().lower()
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got '{value}'")
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="serve a Triton-layout model repository over KServe V2 HTTP and gRPC",
+        description="Serve every model of a Triton-layout model repository over KServe V2 HTTP/REST and gRPC. "
+        "With no --model-repository, serves the bundled example repository.",
+    )
+    p.add_argument(
+        "--model-repository",
+        "--model-store",
+        action="append",
+        type=Path,
+        default=[],
+        metavar="DIR",
+        help="model repository directory (repeatable)",
+    )
+    p.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)"
+    )
+    p.add_argument("--http-port", type=int, default=8000)
+    p.add_argument("--grpc-port", type=int, default=8001)
+    p.add_argument("--metrics-port", type=int, default=8002)
+    p.add_argument("--allow-http", type=_bool, default=True, metavar="BOOL")
+    p.add_argument("--allow-grpc", type=_bool, default=True, metavar="BOOL")
+    p.add_argument("--allow-metrics", type=_bool, default=True, metavar="BOOL")
+    p.add_argument(
+        "--exit-on-error",
+        type=_bool,
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="BOOL",
+        help="exit if any model fails to load (default false: failed models are reported, the rest serve)",
+    )
+    p.add_argument(
+        "--strict-readiness",
+        type=_bool,
+        default=True,
+        metavar="BOOL",
+        help="server is ready only when every model is ready (default true, as Triton)",
+    )
+    p.add_argument(
+        "--disable-auto-complete-config",
+        action="store_true",
+        help="do not fill missing config fields from the model file",
+    )
+    p.add_argument(
+        "--default-max-batch-size",
+        type=int,
+        default=4,
+        help="max_batch_size given to auto-completed models that can batch (default 4, as Triton)",
+    )
+    p.add_argument(
+        "--http-max-input-size",
+        type=int,
+        default=64 * 1024 * 1024,
+        metavar="BYTES",
+        help="largest HTTP request body, after decompression (default 64 MiB)",
+    )
+    p.add_argument(
+        "--grpc-max-message-size",
+        type=int,
+        default=2**31 - 1,
+        metavar="BYTES",
+        help="largest gRPC message sent or received (default 2 GiB - 1)",
+    )
+    p.add_argument(
+        "--exit-timeout-secs", type=float, default=30.0, help="how long shutdown waits for in-flight requests"
+    )
+    p.add_argument(
+        "--log-verbose",
+        type=int,
+        nargs="?",
+        const=1,
+        default=0,
+        metavar="LEVEL",
+        help="verbose logging (1 or more)",
+    )
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from kiln.cli.main import configure_logging
+    from kiln.server import ServerOptions
+    from kiln.server import run as run_server
+
+    configure_logging(args.log_verbose)
+    repositories = list(args.model_repository)
+    if not repositories:
+        from kiln.examples import default_repository
+
+        repositories = [default_repository()]
+        log.info("no --model-repository given: serving the example repository at %s", repositories[0])
+    options = ServerOptions(
+        model_repositories=repositories,
+        host=args.host,
+        http_port=args.http_port,
+        grpc_port=args.grpc_port,
+        metrics_port=args.metrics_port,
+        allow_http=args.allow_http,
+        allow_grpc=args.allow_grpc,
+        allow_metrics=args.allow_metrics,
+        exit_on_error=args.exit_on_error,
+        strict_readiness=args.strict_readiness,
+        auto_complete=not args.disable_auto_complete_config,
+        default_max_batch_size=args.default_max_batch_size,
+        http_max_input_bytes=args.http_max_input_size,
+        grpc_max_message_bytes=args.grpc_max_message_size,
+        shutdown_timeout_s=args.exit_timeout_secs,
+    )
+    return run_server(options)

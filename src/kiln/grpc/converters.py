@@ -1,0 +1,139 @@
+"""Conversions between Triton's gRPC protobuf messages and Kiln's protocol types."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from tritonclient.grpc import service_pb2
+
+from kiln import datatypes, tensors
+from kiln.errors import InvalidArgumentError
+from kiln.types import (
+    InferRequest,
+    InferResponse,
+    InputTensor,
+    ModelMetadata,
+    RequestedOutput,
+    ServerMetadata,
+)
+
+# datatype -> InferTensorContents field holding typed values (FP16 has none: raw contents only)
+CONTENTS_FIELD = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+
+
+def params_from_pb(params: Any) -> dict[str, Any]:
+    out = {}
+    for key, p in params.items():
+        kind = p.WhichOneof("parameter_choice")
+        out[key] = getattr(p, kind) if kind else None
+    return out
+
+
+def params_to_pb(target: Any, params: dict[str, Any]) -> None:
+    for key, value in params.items():
+        p = target[key]
+        if isinstance(value, bool):
+            p.bool_param = value
+        elif isinstance(value, int):
+            p.int64_param = value
+        elif isinstance(value, float):
+            p.double_param = value
+        else:
+            p.string_param = str(value)
+
+
+def infer_request_from_pb(pb: service_pb2.ModelInferRequest) -> InferRequest:
+    request = InferRequest(pb.model_name, pb.model_version, pb.id, parameters=params_from_pb(pb.parameters))
+    raw = pb.raw_input_contents
+    if raw and len(raw) != len(pb.inputs):
+        raise InvalidArgumentError(
+            f"raw_input_contents has {len(raw)} entries for {len(pb.inputs)} inputs; use raw contents for "
+            f"all inputs or for none"
+        )
+    if not pb.inputs:
+        raise InvalidArgumentError("inference request has no inputs")
+    for i, tensor in enumerate(pb.inputs):
+        request.inputs.append(_input_from_pb(tensor, raw[i] if raw else None))
+    if pb.outputs:
+        request.outputs = [_output_from_pb(o) for o in pb.outputs]
+    return request
+
+
+def _input_from_pb(pb: service_pb2.InferInputTensor, raw: bytes | None) -> InputTensor:
+    name = pb.name
+    dtype = datatypes.from_name(pb.datatype)
+    shape = tensors.check_shape(name, list(pb.shape))
+    params = params_from_pb(pb.parameters)
+    has_contents = pb.HasField("contents") and pb.contents.ByteSize() > 0
+    if raw is not None:
+        if has_contents:
+            raise InvalidArgumentError(f"input '{name}' has both typed contents and raw_input_contents")
+        return InputTensor(name, dtype, shape, tensors.from_raw(name, dtype, shape, raw), params)
+    if "shared_memory_region" in params:
+        return InputTensor(name, dtype, shape, np.empty(0), params)
+    field = CONTENTS_FIELD.get(dtype.name)
+    if field is None:
+        raise InvalidArgumentError(f"input '{name}': {dtype.name} data must be sent in raw_input_contents")
+    values = getattr(pb.contents, field)
+    count = tensors.element_count(shape)
+    if len(values) != count:
+        raise InvalidArgumentError(
+            f"input '{name}': got {len(values)} values in {field} but shape {list(shape)} needs {count}"
+        )
+    if dtype.name == "BYTES":
+        arr = np.empty(count, dtype=np.object_)
+        arr[:] = list(values)
+        return InputTensor(name, dtype, shape, arr.reshape(shape), params)
+    try:
+        data = np.asarray(values, dtype=dtype.numpy).reshape(shape)
+    except (OverflowError, ValueError) as e:
+        raise InvalidArgumentError(f"input '{name}': values do not fit {dtype.name}: {e}") from None
+    return InputTensor(name, dtype, shape, data, params)
+
+
+def _output_from_pb(pb: service_pb2.ModelInferRequest.InferRequestedOutputTensor) -> RequestedOutput:
+    params = params_from_pb(pb.parameters)
+    classification = params.get("classification", 0) or 0
+    if isinstance(classification, bool) or not isinstance(classification, int):
+        raise InvalidArgumentError(f"output '{pb.name}': classification must be an integer")
+    return RequestedOutput(pb.name, classification, None, params)
+
+
+def infer_response_to_pb(response: InferResponse) -> service_pb2.ModelInferResponse:
+    pb = service_pb2.ModelInferResponse(
+        model_name=response.model_name, model_version=response.model_version, id=response.id
+    )
+    params_to_pb(pb.parameters, response.parameters)
+    for out in response.outputs:
+        pb.outputs.add(name=out.name, datatype=out.datatype.name, shape=list(out.shape))
+        pb.raw_output_contents.append(tensors.to_raw(out.datatype, out.data))
+    return pb
+
+
+def server_metadata_to_pb(md: ServerMetadata) -> service_pb2.ServerMetadataResponse:
+    return service_pb2.ServerMetadataResponse(name=md.name, version=md.version, extensions=md.extensions)
+
+
+def model_metadata_to_pb(md: ModelMetadata) -> service_pb2.ModelMetadataResponse:
+    tensor = service_pb2.ModelMetadataResponse.TensorMetadata
+    return service_pb2.ModelMetadataResponse(
+        name=md.name,
+        versions=md.versions,
+        platform=md.platform,
+        inputs=[tensor(name=t.name, datatype=t.datatype, shape=t.shape) for t in md.inputs],
+        outputs=[tensor(name=t.name, datatype=t.datatype, shape=t.shape) for t in md.outputs],
+    )

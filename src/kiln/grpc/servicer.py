@@ -1,0 +1,148 @@
+"""The gRPC transport: Triton's ``inference.GRPCInferenceService``, thin methods over the core."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+from kiln.core import Core
+from kiln.errors import ErrorCode, KilnError
+from kiln.grpc import converters
+
+log = logging.getLogger(__name__)
+
+STATUS = {
+    ErrorCode.INVALID_ARGUMENT: grpc.StatusCode.INVALID_ARGUMENT,
+    ErrorCode.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
+    ErrorCode.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
+    ErrorCode.ALREADY_EXISTS: grpc.StatusCode.ALREADY_EXISTS,
+    ErrorCode.UNIMPLEMENTED: grpc.StatusCode.UNIMPLEMENTED,
+    ErrorCode.PERMISSION_DENIED: grpc.StatusCode.PERMISSION_DENIED,
+    ErrorCode.RESOURCE_EXHAUSTED: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    ErrorCode.DEADLINE_EXCEEDED: grpc.StatusCode.DEADLINE_EXCEEDED,
+    ErrorCode.CANCELLED: grpc.StatusCode.CANCELLED,
+    ErrorCode.INTERNAL: grpc.StatusCode.INTERNAL,
+}
+
+Method = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[Any]]
+
+
+def error_status(exc: Exception) -> tuple[grpc.StatusCode, str]:
+    if isinstance(exc, KilnError):
+        return STATUS[exc.code], exc.message
+    log.exception("internal error while serving a gRPC request", exc_info=exc)
+    return grpc.StatusCode.INTERNAL, "internal server error"
+
+
+def guarded(fn: Method) -> Method:
+    """The one error mapping for unary methods: KilnError code -> gRPC status."""
+
+    @functools.wraps(fn)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await fn(self, request, context)
+        except Exception as e:
+            code, message = error_status(e)
+        await context.abort(code, message)
+
+    return wrapper
+
+
+class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, core: Core) -> None:
+        self.core = core
+
+    @guarded
+    async def ServerLive(self, request: Any, context: Any) -> service_pb2.ServerLiveResponse:
+        return service_pb2.ServerLiveResponse(live=self.core.is_live())
+
+    @guarded
+    async def ServerReady(self, request: Any, context: Any) -> service_pb2.ServerReadyResponse:
+        return service_pb2.ServerReadyResponse(ready=self.core.is_ready())
+
+    @guarded
+    async def ModelReady(self, request: Any, context: Any) -> service_pb2.ModelReadyResponse:
+        return service_pb2.ModelReadyResponse(ready=self.core.model_ready(request.name, request.version))
+
+    @guarded
+    async def ServerMetadata(self, request: Any, context: Any) -> service_pb2.ServerMetadataResponse:
+        return converters.server_metadata_to_pb(self.core.server_metadata())
+
+    @guarded
+    async def ModelMetadata(self, request: Any, context: Any) -> service_pb2.ModelMetadataResponse:
+        return converters.model_metadata_to_pb(self.core.model_metadata(request.name, request.version))
+
+    @guarded
+    async def ModelConfig(self, request: Any, context: Any) -> service_pb2.ModelConfigResponse:
+        return service_pb2.ModelConfigResponse(config=self.core.model_config(request.name, request.version))
+
+    @guarded
+    async def ModelInfer(self, request: Any, context: Any) -> service_pb2.ModelInferResponse:
+        return await self._infer(request)
+
+    async def _infer(self, request: service_pb2.ModelInferRequest) -> service_pb2.ModelInferResponse:
+        response = await self.core.infer(converters.infer_request_from_pb(request))
+        return converters.infer_response_to_pb(response)
+
+    async def ModelStreamInfer(
+        self, request_iterator: AsyncIterator[service_pb2.ModelInferRequest], context: Any
+    ) -> AsyncIterator[service_pb2.ModelStreamInferResponse]:
+        """Requests on one stream run concurrently; each answer (or its error) is sent as it completes."""
+        queue: asyncio.Queue[service_pb2.ModelStreamInferResponse | None] = asyncio.Queue()
+
+        async def handle(request: service_pb2.ModelInferRequest) -> None:
+            try:
+                reply = service_pb2.ModelStreamInferResponse(infer_response=await self._infer(request))
+            except Exception as e:
+                _, message = error_status(e)
+                reply = service_pb2.ModelStreamInferResponse(error_message=message)
+                reply.infer_response.id = request.id
+                reply.infer_response.model_name = request.model_name
+            await queue.put(reply)
+
+        async def read() -> None:
+            tasks: set[asyncio.Task[None]] = set()
+            try:
+                async for request in request_iterator:
+                    tasks.add(asyncio.create_task(handle(request)))
+                await asyncio.gather(*tasks)
+            finally:
+                await queue.put(None)
+
+        reader = asyncio.create_task(read())
+        try:
+            while (reply := await queue.get()) is not None:
+                yield reply
+        finally:
+            reader.cancel()
+
+
+def _not_implemented(method: str, what: str) -> Method:
+    async def method_impl(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{method}: {what} is not implemented by Kiln yet")
+
+    method_impl.__name__ = method
+    return method_impl
+
+
+for _method, _what in {
+    "ModelStatistics": "the statistics extension",
+    "RepositoryIndex": "the model repository extension",
+    "RepositoryModelLoad": "the model repository extension",
+    "RepositoryModelUnload": "the model repository extension",
+    "SystemSharedMemoryStatus": "system shared memory",
+    "SystemSharedMemoryRegister": "system shared memory",
+    "SystemSharedMemoryUnregister": "system shared memory",
+    "CudaSharedMemoryStatus": "CUDA shared memory",
+    "CudaSharedMemoryRegister": "CUDA shared memory",
+    "CudaSharedMemoryUnregister": "CUDA shared memory",
+    "TraceSetting": "the trace extension",
+    "LogSettings": "the logging extension",
+}.items():
+    setattr(InferenceServicer, _method, _not_implemented(_method, _what))

@@ -1,0 +1,175 @@
+"""The HTTP/REST transport: thin endpoints over the core, one error mapping."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import orjson
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from kiln.config import config_to_dict
+from kiln.core import Core
+from kiln.errors import ErrorCode, InvalidArgumentError, KilnError
+from kiln.http import codec
+
+log = logging.getLogger(__name__)
+
+STATUS = {
+    ErrorCode.INVALID_ARGUMENT: 400,
+    ErrorCode.NOT_FOUND: 404,
+    ErrorCode.UNAVAILABLE: 503,
+    ErrorCode.ALREADY_EXISTS: 409,
+    ErrorCode.UNIMPLEMENTED: 501,
+    ErrorCode.PERMISSION_DENIED: 403,
+    ErrorCode.RESOURCE_EXHAUSTED: 429,
+    ErrorCode.DEADLINE_EXCEEDED: 504,
+    ErrorCode.CANCELLED: 499,
+    ErrorCode.INTERNAL: 500,
+}
+JSON = "application/json"
+
+
+@dataclass(frozen=True)
+class HttpOptions:
+    max_input_bytes: int = 64 * 1024 * 1024  # like Triton's --http-max-input-size default
+
+
+def json_response(doc: object, status: int = 200) -> Response:
+    return Response(orjson.dumps(doc), status_code=status, media_type=JSON)
+
+
+def error_response(exc: Exception) -> Response:
+    if isinstance(exc, KilnError):
+        return json_response({"error": exc.message}, STATUS[exc.code])
+    log.exception("internal error while serving an HTTP request", exc_info=exc)
+    return json_response({"error": "internal server error"}, 500)
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def guarded(fn: Handler) -> Handler:
+    @functools.wraps(fn)
+    async def wrapper(request: Request) -> Response:
+        try:
+            return await fn(request)
+        except Exception as e:  # every failure becomes a status + {"error": ...}
+            return error_response(e)
+
+    return wrapper
+
+
+def _version(request: Request) -> str:
+    return request.path_params.get("version", "")
+
+
+def create_app(core: Core, options: HttpOptions | None = None) -> Starlette:
+    options = options or HttpOptions()
+
+    async def server_metadata(request: Request) -> Response:
+        md = core.server_metadata()
+        return json_response({"name": md.name, "version": md.version, "extensions": md.extensions})
+
+    async def live(request: Request) -> Response:
+        return Response(status_code=200 if core.is_live() else 400)
+
+    async def ready(request: Request) -> Response:
+        return Response(status_code=200 if core.is_ready() else 400)
+
+    async def model_ready(request: Request) -> Response:
+        ok = core.model_ready(request.path_params["model"], _version(request))
+        return Response(status_code=200 if ok else 400)
+
+    async def model_metadata(request: Request) -> Response:
+        md = core.model_metadata(request.path_params["model"], _version(request))
+        tensors = lambda ts: [{"name": t.name, "datatype": t.datatype, "shape": t.shape} for t in ts]  # noqa: E731
+        return json_response(
+            {
+                "name": md.name,
+                "versions": md.versions,
+                "platform": md.platform,
+                "inputs": tensors(md.inputs),
+                "outputs": tensors(md.outputs),
+            }
+        )
+
+    async def model_config(request: Request) -> Response:
+        return json_response(
+            config_to_dict(core.model_config(request.path_params["model"], _version(request)))
+        )
+
+    async def infer(request: Request) -> Response:
+        body = await read_body(request, options.max_input_bytes)
+        encoding = request.headers.get("content-encoding")
+        if encoding:
+            body = codec.decompress(body, encoding, options.max_input_bytes)
+        infer_request = codec.decode_infer_request(
+            body,
+            request.headers.get(codec.HEADER_LENGTH),
+            request.path_params["model"],
+            _version(request),
+        )
+        response = await core.infer(infer_request)
+        binary_default = infer_request.parameters.get("binary_data_output") is True
+        payload, header_len = codec.encode_infer_response(response, binary_default)
+        headers = {}
+        if header_len is not None:
+            headers["Inference-Header-Content-Length"] = str(header_len)
+        accept = codec.choose_encoding(request.headers.get("accept-encoding"))
+        if accept:
+            payload = codec.compress(payload, accept)
+            headers["Content-Encoding"] = accept
+        media = "application/octet-stream" if header_len is not None else JSON
+        return Response(payload, media_type=media, headers=headers)
+
+    model = "/v2/models/{model}"
+    versioned = "/v2/models/{model}/versions/{version}"
+    routes = [
+        Route("/v2", guarded(server_metadata), methods=["GET"]),
+        Route("/v2/health/live", guarded(live), methods=["GET"]),
+        Route("/v2/health/ready", guarded(ready), methods=["GET"]),
+    ]
+    for prefix in (model, versioned):
+        routes += [
+            Route(prefix, guarded(model_metadata), methods=["GET"]),
+            Route(prefix + "/ready", guarded(model_ready), methods=["GET"]),
+            Route(prefix + "/config", guarded(model_config), methods=["GET"]),
+            Route(prefix + "/infer", guarded(infer), methods=["POST"]),
+        ]
+    app = Starlette(routes=routes)
+    app.add_exception_handler(404, _not_found)
+    app.add_exception_handler(405, _not_allowed)
+    return app
+
+
+async def _not_found(request: Request, exc: Exception) -> Response:
+    return json_response({"error": f"no such endpoint: {request.method} {request.url.path}"}, 404)
+
+
+async def _not_allowed(request: Request, exc: Exception) -> Response:
+    return json_response({"error": f"method {request.method} is not allowed on {request.url.path}"}, 405)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """Read the body, refusing more than ``limit`` bytes before buffering them."""
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > limit:
+        raise InvalidArgumentError(
+            f"request body of {length} bytes exceeds the limit of {limit} bytes (--http-max-input-size)"
+        )
+    chunks = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise InvalidArgumentError(
+                f"request body exceeds the limit of {limit} bytes (--http-max-input-size)"
+            )
+        chunks.append(chunk)
+    return b"".join(chunks)

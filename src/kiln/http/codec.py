@@ -1,0 +1,200 @@
+"""KServe V2 JSON + Triton binary-tensor extension <-> protocol types; request/response compression."""
+
+from __future__ import annotations
+
+import gzip
+import zlib
+from typing import Any
+
+import numpy as np
+import orjson
+
+from kiln import datatypes, tensors
+from kiln.errors import InvalidArgumentError
+from kiln.types import InferRequest, InferResponse, InputTensor, RequestedOutput
+
+HEADER_LENGTH = "inference-header-content-length"
+
+
+def parse_json(body: bytes | memoryview, what: str = "request") -> Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as e:
+        raise InvalidArgumentError(f"malformed JSON in {what}: {e}") from None
+
+
+def _dict(value: Any, what: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidArgumentError(f"{what} must be a JSON object")
+    return value
+
+
+def decode_infer_request(
+    body: bytes, header_length: str | None, model_name: str, model_version: str
+) -> InferRequest:
+    if header_length is not None:
+        try:
+            json_size = int(header_length)
+        except ValueError:
+            raise InvalidArgumentError(
+                f"Inference-Header-Content-Length '{header_length}' is not an integer"
+            ) from None
+        if json_size < 0 or json_size > len(body):
+            raise InvalidArgumentError(
+                f"Inference-Header-Content-Length {json_size} does not fit a body of {len(body)} bytes"
+            )
+    else:
+        json_size = len(body)
+    view = memoryview(body)
+    doc = _dict(parse_json(view[:json_size]), "inference request")
+    binary = view[json_size:]
+    request = InferRequest(model_name, model_version)
+    request.id = _id(doc.get("id"))
+    request.parameters = _dict(doc.get("parameters"), "request 'parameters'")
+    raw_inputs = doc.get("inputs")
+    if not isinstance(raw_inputs, list) or not raw_inputs:
+        raise InvalidArgumentError("inference request needs a non-empty 'inputs' list")
+    offset = 0
+    for item in raw_inputs:
+        tensor, used = _decode_input(_dict(item, "each input"), binary, offset)
+        offset += used
+        request.inputs.append(tensor)
+    if offset != len(binary):
+        raise InvalidArgumentError(
+            f"binary data is {len(binary)} bytes but the inputs' binary_data_size values add up to {offset}"
+        )
+    raw_outputs = doc.get("outputs")
+    if raw_outputs is not None:
+        if not isinstance(raw_outputs, list):
+            raise InvalidArgumentError("'outputs' must be a list")
+        request.outputs = [_decode_output(_dict(o, "each output")) for o in raw_outputs]
+    return request
+
+
+def _id(value: Any) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise InvalidArgumentError("request 'id' must be a string")
+    return value
+
+
+def _decode_input(item: dict[str, Any], binary: memoryview, offset: int) -> tuple[InputTensor, int]:
+    name = item.get("name")
+    if not isinstance(name, str) or not name:
+        raise InvalidArgumentError("every input needs a 'name' string")
+    dtype_name = item.get("datatype")
+    if not isinstance(dtype_name, str):
+        raise InvalidArgumentError(f"input '{name}' needs a 'datatype' string")
+    dtype = datatypes.from_name(dtype_name)
+    shape_value = item.get("shape")
+    if not isinstance(shape_value, list):
+        raise InvalidArgumentError(f"input '{name}' needs a 'shape' list")
+    shape = tensors.check_shape(name, shape_value)
+    params = _dict(item.get("parameters"), f"input '{name}' parameters")
+    size = params.get("binary_data_size")
+    if size is not None:
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            raise InvalidArgumentError(f"input '{name}': binary_data_size must be an integer >= 0")
+        if "data" in item:
+            raise InvalidArgumentError(f"input '{name}' has both 'data' and binary_data_size")
+        if offset + size > len(binary):
+            raise InvalidArgumentError(
+                f"input '{name}': binary_data_size {size} runs past the end of the binary data "
+                f"({len(binary) - offset} bytes left)"
+            )
+        data = tensors.from_raw(name, dtype, shape, binary[offset : offset + size])
+        return InputTensor(name, dtype, shape, data, params), size
+    if "data" not in item:
+        if "shared_memory_region" in params:
+            return InputTensor(name, dtype, shape, _EMPTY, params), 0
+        raise InvalidArgumentError(f"input '{name}' has neither 'data' nor binary_data_size")
+    data = tensors.from_json(name, dtype, shape, item["data"])
+    return InputTensor(name, dtype, shape, data, params), 0
+
+
+def _decode_output(item: dict[str, Any]) -> RequestedOutput:
+    name = item.get("name")
+    if not isinstance(name, str) or not name:
+        raise InvalidArgumentError("every requested output needs a 'name' string")
+    params = _dict(item.get("parameters"), f"output '{name}' parameters")
+    classification = params.get("classification", 0)
+    if isinstance(classification, bool) or not isinstance(classification, int):
+        raise InvalidArgumentError(f"output '{name}': classification must be an integer")
+    binary = params.get("binary_data")
+    if binary is not None and not isinstance(binary, bool):
+        raise InvalidArgumentError(f"output '{name}': binary_data must be true or false")
+    return RequestedOutput(name, classification, binary, params)
+
+
+def encode_infer_response(response: InferResponse, binary_default: bool) -> tuple[bytes, int | None]:
+    """The response body, and the JSON header's length when binary data follows it (else None)."""
+    outputs = []
+    chunks: list[bytes] = []
+    for out in response.outputs:
+        entry: dict[str, Any] = {"name": out.name, "datatype": out.datatype.name, "shape": list(out.shape)}
+        if out.binary if out.binary is not None else binary_default:
+            raw = tensors.to_raw(out.datatype, out.data)
+            entry["parameters"] = {"binary_data_size": len(raw)}
+            chunks.append(raw)
+        else:
+            entry["data"] = tensors.to_json_list(out.datatype, out.data)
+        outputs.append(entry)
+    doc: dict[str, Any] = {"model_name": response.model_name, "model_version": response.model_version}
+    if response.id:
+        doc["id"] = response.id
+    if response.parameters:
+        doc["parameters"] = response.parameters
+    doc["outputs"] = outputs
+    header = orjson.dumps(doc)
+    if not chunks:
+        return header, None
+    return b"".join([header, *chunks]), len(header)
+
+
+def decompress(body: bytes, encoding: str, limit: int) -> bytes:
+    """Undo Content-Encoding gzip/deflate, refusing output past ``limit`` bytes (no decompression bombs)."""
+    encoding = encoding.strip().lower()
+    if encoding in ("", "identity"):
+        return body
+    if encoding == "gzip":
+        wbits = 16 + zlib.MAX_WBITS
+    elif encoding == "deflate":
+        # "deflate" is zlib-wrapped per RFC 9110, but some clients send a raw deflate stream.
+        zlib_header = len(body) >= 2 and (body[0] & 0x0F) == 8 and ((body[0] << 8) | body[1]) % 31 == 0
+        wbits = zlib.MAX_WBITS if zlib_header else -zlib.MAX_WBITS
+    else:
+        raise InvalidArgumentError(f"unsupported Content-Encoding '{encoding}' (use gzip or deflate)")
+    d = zlib.decompressobj(wbits)
+    try:
+        out = d.decompress(body, limit + 1)
+    except zlib.error as e:
+        raise InvalidArgumentError(f"request body is not valid {encoding} data: {e}") from None
+    if len(out) > limit:
+        raise InvalidArgumentError(f"decompressed request exceeds the limit of {limit} bytes")
+    if not d.eof:
+        raise InvalidArgumentError(f"request body is truncated {encoding} data")
+    return out
+
+
+def choose_encoding(accept_encoding: str | None) -> str | None:
+    """Pick gzip or deflate from Accept-Encoding in the client's order (q=0 refused)."""
+    if not accept_encoding:
+        return None
+    for part in accept_encoding.split(","):
+        token, _, params = part.strip().partition(";")
+        token = token.strip().lower()
+        if token in ("gzip", "deflate") and params.replace(" ", "") not in ("q=0", "q=0.0"):
+            return token
+    return None
+
+
+def compress(body: bytes, encoding: str) -> bytes:
+    if encoding == "gzip":
+        return gzip.compress(body, compresslevel=6)
+    return zlib.compress(body, 6)
+
+
+_EMPTY = np.empty(0)

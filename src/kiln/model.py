@@ -1,0 +1,255 @@
+"""One loaded model version: completed config + backend + labels, and the request checks every backend shares."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tritonclient.grpc import model_config_pb2
+
+from kiln import datatypes
+from kiln.backends import Backend, BackendContext, backend_class
+from kiln.config import autocomplete, validate
+from kiln.datatypes import DataType
+from kiln.errors import InvalidArgumentError, ModelConfigError, ModelLoadError
+from kiln.types import InferRequest, InferResponse, OutputTensor, RequestedOutput, TensorMetadata
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """An input/output as clients see it (config dims, no batch dim) and as the model gets it (reshape)."""
+
+    name: str
+    datatype: DataType
+    dims: tuple[int, ...]
+    model_dims: tuple[int, ...] | None  # reshape target, None when no reshape
+    optional: bool = False
+    labels: tuple[str, ...] = ()
+
+
+@dataclass
+class PreparedRequest:
+    feeds: dict[str, np.ndarray]
+    outputs: list[RequestedOutput]
+    batch_size: int
+
+
+class Model:
+    """A model version ready to run. Built with :meth:`load` (blocking: call it off the event loop)."""
+
+    def __init__(
+        self,
+        config: model_config_pb2.ModelConfig,
+        version: int,
+        backend: Backend,
+        labels: dict[str, tuple[str, ...]] | None = None,
+    ) -> None:
+        labels = labels or {}
+        self.config = config
+        self.name = config.name
+        self.version = version
+        self.backend = backend
+        self.max_batch_size = config.max_batch_size
+        self.inputs = {e.name: _spec(e) for e in config.input}
+        self.outputs = {e.name: _spec(e, labels.get(e.name, ())) for e in config.output}
+
+    @classmethod
+    def load(
+        cls,
+        config: model_config_pb2.ModelConfig,
+        model_dir: Path,
+        version: int,
+        backend_name: str,
+        *,
+        auto_complete: bool = True,
+        default_max_batch_size: int = 4,
+        cpu_count: int | None = None,
+    ) -> Model:
+        config = _copy(config)
+        klass = backend_class(backend_name)
+        if not config.backend:
+            config.backend = klass.name
+        if not config.platform:
+            config.platform = klass.platform
+        filename = config.default_model_filename or klass.default_filename
+        path = model_dir / str(version) / filename
+        if not path.exists():
+            raise ModelLoadError(f"model '{config.name}' version {version}: {path} does not exist")
+        instances = sum(g.count or 1 for g in config.instance_group) or 1
+        context = BackendContext(instance_count=instances, **({"cpu_count": cpu_count} if cpu_count else {}))
+        backend = klass(config, path, context)
+        backend.load()
+        inputs, outputs = backend.signature()
+        if auto_complete:
+            autocomplete(config, inputs, outputs, default_max_batch_size)
+        validate(config, inputs, outputs)
+        labels = {e.name: _read_labels(model_dir, e) for e in config.output if e.label_filename}
+        return cls(config, version, backend, labels)
+
+    # -- metadata ------------------------------------------------------------------------------------------
+    def metadata_tensors(self, kind: str) -> list[TensorMetadata]:
+        specs = self.inputs if kind == "input" else self.outputs
+        batch = [-1] if self.max_batch_size > 0 else []
+        return [TensorMetadata(s.name, s.datatype.name, [*batch, *s.dims]) for s in specs.values()]
+
+    # -- inference -----------------------------------------------------------------------------------------
+    def prepare(self, request: InferRequest) -> PreparedRequest:
+        """Check a request against the config and build the feeds the backend gets."""
+        feeds: dict[str, np.ndarray] = {}
+        batch_size = 0
+        for tensor in request.inputs:
+            spec = self.inputs.get(tensor.name)
+            if spec is None:
+                raise InvalidArgumentError(
+                    f"unexpected inference input '{tensor.name}' for model '{self.name}'; "
+                    f"its inputs are {sorted(self.inputs)}"
+                )
+            if tensor.name in feeds:
+                raise InvalidArgumentError(f"input '{tensor.name}' is given more than once")
+            if tensor.datatype != spec.datatype:
+                raise InvalidArgumentError(
+                    f"input '{tensor.name}' has datatype {tensor.datatype.name}, "
+                    f"model '{self.name}' expects {spec.datatype.name}"
+                )
+            shape = tensor.shape
+            if self.max_batch_size > 0:
+                if len(shape) != len(spec.dims) + 1:
+                    raise InvalidArgumentError(
+                        f"input '{tensor.name}' has shape {list(shape)}; model '{self.name}' expects "
+                        f"[batch, {', '.join(map(str, spec.dims))}] (rank {len(spec.dims) + 1})"
+                    )
+                batch = shape[0]
+                if batch < 1 or batch > self.max_batch_size:
+                    raise InvalidArgumentError(
+                        f"inference request batch-size must be between 1 and {self.max_batch_size} for "
+                        f"model '{self.name}', got {batch}"
+                    )
+                if batch_size and batch != batch_size:
+                    raise InvalidArgumentError(
+                        f"input '{tensor.name}' has batch size {batch} but other inputs have {batch_size}"
+                    )
+                batch_size = batch
+                item_shape = shape[1:]
+            else:
+                item_shape = shape
+                batch_size = 1
+            if len(item_shape) != len(spec.dims) or any(
+                d != -1 and d != s for d, s in zip(spec.dims, item_shape, strict=True)
+            ):
+                batch_note = "[batch] + " if self.max_batch_size > 0 else ""
+                raise InvalidArgumentError(
+                    f"input '{tensor.name}' has shape {list(shape)}; model '{self.name}' expects "
+                    f"{batch_note}{list(spec.dims)} (-1 = any size)"
+                )
+            data = tensor.data
+            if spec.model_dims is not None:
+                lead = (shape[0],) if self.max_batch_size > 0 else ()
+                try:
+                    data = data.reshape(lead + spec.model_dims)
+                except ValueError:
+                    raise InvalidArgumentError(
+                        f"input '{tensor.name}' of shape {list(shape)} cannot be reshaped to "
+                        f"{list(spec.model_dims)}"
+                    ) from None
+            feeds[tensor.name] = data
+        missing = [n for n, s in self.inputs.items() if n not in feeds and not s.optional]
+        if missing:
+            raise InvalidArgumentError(
+                f"expected {len(self.inputs)} inputs but got {len(feeds)} for model '{self.name}': "
+                f"missing {missing}"
+            )
+        return PreparedRequest(feeds, self._requested_outputs(request), batch_size or 1)
+
+    def _requested_outputs(self, request: InferRequest) -> list[RequestedOutput]:
+        if request.outputs is None:
+            return [RequestedOutput(name) for name in self.outputs]
+        seen: set[str] = set()
+        for out in request.outputs:
+            spec = self.outputs.get(out.name)
+            if spec is None:
+                raise InvalidArgumentError(
+                    f"unexpected inference output '{out.name}' for model '{self.name}'; "
+                    f"its outputs are {sorted(self.outputs)}"
+                )
+            if out.name in seen:
+                raise InvalidArgumentError(f"output '{out.name}' is requested more than once")
+            seen.add(out.name)
+            if out.classification < 0:
+                raise InvalidArgumentError(f"output '{out.name}': classification count must be > 0")
+            if out.classification and spec.datatype.name in ("BYTES", "BOOL"):
+                raise InvalidArgumentError(
+                    f"output '{out.name}': classification needs a numeric output, not {spec.datatype.name}"
+                )
+        return list(request.outputs)
+
+    def execute(self, prepared: PreparedRequest) -> dict[str, np.ndarray]:
+        """Blocking: run the backend on the prepared feeds."""
+        return self.backend.execute(prepared.feeds, [o.name for o in prepared.outputs])
+
+    def respond(
+        self, request: InferRequest, prepared: PreparedRequest, results: dict[str, np.ndarray]
+    ) -> InferResponse:
+        outputs = []
+        for req in prepared.outputs:
+            spec = self.outputs[req.name]
+            array = results[req.name]
+            if spec.model_dims is not None:
+                lead = (array.shape[0],) if self.max_batch_size > 0 else ()
+                array = array.reshape(lead + tuple(spec.dims))
+            if req.classification:
+                array = self._classify(array, req.classification, spec.labels)
+                dtype = datatypes.BY_NAME["BYTES"]
+            else:
+                dtype = spec.datatype
+                if dtype.name != "BYTES" and array.dtype != dtype.numpy:
+                    array = array.astype(dtype.numpy)
+            outputs.append(OutputTensor(req.name, dtype, tuple(array.shape), array, req.binary))
+        return InferResponse(self.name, str(self.version), request.id, outputs)
+
+    def _classify(self, array: np.ndarray, k: int, labels: tuple[str, ...]) -> np.ndarray:
+        batched = self.max_batch_size > 0
+        rows = array.reshape(array.shape[0], -1) if batched else array.reshape(1, -1)
+        k = min(k, rows.shape[1])
+        result = np.empty((rows.shape[0], k), dtype=np.object_)
+        for r, row in enumerate(rows):
+            top = np.argsort(-row.astype(np.float64), kind="stable")[:k]
+            for j, idx in enumerate(top):
+                text = f"{float(row[idx]):f}:{int(idx)}"
+                if idx < len(labels):
+                    text += f":{labels[idx]}"
+                result[r, j] = text.encode("utf-8")
+        return result if batched else result.reshape(k)
+
+    def unload(self) -> None:
+        self.backend.unload()
+
+
+def _spec(entry, labels: tuple[str, ...] = ()) -> TensorSpec:  # type: ignore[no-untyped-def]
+    dtype_name = model_config_pb2.DataType.Name(entry.data_type)
+    dtype = datatypes.BY_CONFIG_NAME.get(dtype_name)
+    if dtype is None:
+        raise ModelConfigError(f"'{entry.name}': data_type {dtype_name} is not supported")
+    model_dims = tuple(entry.reshape.shape) if entry.HasField("reshape") else None
+    return TensorSpec(
+        entry.name, dtype, tuple(entry.dims), model_dims, bool(getattr(entry, "optional", False)), labels
+    )
+
+
+def _copy(config: model_config_pb2.ModelConfig) -> model_config_pb2.ModelConfig:
+    out = model_config_pb2.ModelConfig()
+    out.CopyFrom(config)
+    return out
+
+
+def _read_labels(model_dir: Path, entry) -> tuple[str, ...]:  # type: ignore[no-untyped-def]
+    path = (model_dir / entry.label_filename).resolve()
+    if model_dir.resolve() not in path.parents:
+        raise ModelConfigError(f"output '{entry.name}': label_filename must stay inside the model directory")
+    try:
+        return tuple(line.rstrip("\r\n") for line in path.read_text(encoding="utf-8").splitlines())
+    except OSError as e:
+        raise ModelConfigError(f"output '{entry.name}': cannot read label file {path.name}: {e}") from None

@@ -1,0 +1,161 @@
+"""Composition root: options -> repository -> core -> HTTP / gRPC / metrics servers, signals, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import uvicorn
+from tritonclient.grpc import service_pb2_grpc
+
+from kiln.core import Core, CoreOptions
+from kiln.errors import KilnError
+from kiln.grpc.servicer import InferenceServicer
+from kiln.http.app import HttpOptions, create_app
+from kiln.repository import ModelRepository
+
+log = logging.getLogger("kiln.server")
+
+
+@dataclass
+class ServerOptions:
+    model_repositories: list[Path] = field(default_factory=list)
+    host: str = "127.0.0.1"
+    http_port: int = 8000
+    grpc_port: int = 8001
+    metrics_port: int = 8002
+    allow_http: bool = True
+    allow_grpc: bool = True
+    allow_metrics: bool = True
+    exit_on_error: bool = False
+    strict_readiness: bool = True
+    auto_complete: bool = True
+    default_max_batch_size: int = 4
+    http_max_input_bytes: int = 64 * 1024 * 1024
+    grpc_max_message_bytes: int = 2**31 - 1
+    shutdown_timeout_s: float = 30.0
+
+
+class _Uvicorn(uvicorn.Server):
+    """uvicorn without its own signal handling: the composition root owns signals for every server."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+class StartupError(KilnError):
+    """The server cannot start (a port in use, a model that failed with --exit-on-error, ...)."""
+
+
+async def serve(options: ServerOptions, stop: asyncio.Event | None = None) -> None:
+    """Run until ``stop`` is set or SIGTERM/SIGINT arrives; then stop accepting and drain."""
+    stop = stop or asyncio.Event()
+    repository = ModelRepository(options.model_repositories)
+    core = Core(
+        repository,
+        CoreOptions(
+            auto_complete=options.auto_complete,
+            default_max_batch_size=options.default_max_batch_size,
+            strict_readiness=options.strict_readiness,
+        ),
+    )
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        await core.load_all()
+        failed = core.failed_models()
+        if failed and options.exit_on_error:
+            names = ", ".join(f"{e.name} ({e.reason or 'version failed'})" for e in failed)
+            raise StartupError(f"models failed to load and --exit-on-error is set: {names}")
+        await _run_servers(core, options, stop)
+    finally:
+        core.close()
+
+
+async def _run_servers(core: Core, options: ServerOptions, stop: asyncio.Event) -> None:
+    grpc_server = None
+    http_server = None
+    tasks: list[asyncio.Task[None]] = []
+    try:
+        if options.allow_grpc:
+            grpc_server = grpc.aio.server(
+                options=[
+                    ("grpc.max_send_message_length", options.grpc_max_message_bytes),
+                    ("grpc.max_receive_message_length", options.grpc_max_message_bytes),
+                    ("grpc.so_reuseport", 0),
+                ]
+            )
+            service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(core), grpc_server)
+            address = f"{options.host}:{options.grpc_port}"
+            try:
+                grpc_server.add_insecure_port(address)
+            except RuntimeError as e:
+                raise StartupError(f"cannot listen for gRPC on {address}: {e}") from None
+            await grpc_server.start()
+            log.info("gRPC server listening on %s", address)
+        if options.allow_http:
+            app = create_app(core, HttpOptions(max_input_bytes=options.http_max_input_bytes))
+            config = uvicorn.Config(
+                app,
+                host=options.host,
+                port=options.http_port,
+                lifespan="off",
+                access_log=False,
+                log_level="warning",
+                http="httptools",
+                timeout_graceful_shutdown=int(options.shutdown_timeout_s),
+            )
+            http_server = _Uvicorn(config)
+            sock = bind_socket(options.host, options.http_port, "HTTP")
+            tasks.append(asyncio.create_task(http_server.serve(sockets=[sock])))
+            log.info("HTTP server listening on %s:%d", options.host, options.http_port)
+        log.info("Kiln is serving %d model(s)", len(core.models))
+        await stop.wait()
+        log.info("shutting down: no new requests, draining in-flight ones")
+    finally:
+        core.live = False
+        if http_server is not None:
+            http_server.should_exit = True
+        if grpc_server is not None:
+            await grpc_server.stop(options.shutdown_timeout_s)
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def bind_socket(host: str, port: int, what: str) -> socket.socket:
+    """Bind a listening socket ourselves, so a busy port is a clear startup error (not a sys.exit deep inside)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise StartupError(f"cannot listen for {what} on {host}:{port}: {e.strerror}") from None
+    return sock
+
+
+def run(options: ServerOptions) -> int:
+    """Blocking entry point for the CLI: returns the process exit code."""
+    try:
+        import uvloop
+
+        runner = uvloop.run
+    except ImportError:  # pragma: no cover - uvloop is a pinned dependency
+        runner = asyncio.run
+    try:
+        runner(serve(options))
+    except KilnError as e:
+        log.error("%s", e.message)
+        return 1
+    return 0

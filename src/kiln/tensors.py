@@ -1,0 +1,171 @@
+"""Wire-neutral tensor decoding and encoding shared by the HTTP codec and the gRPC converters.
+
+Every decoder checks sizes *before* allocating: a request declaring an absurd shape is refused by comparing
+its element count with the bytes or values it really carries.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from kiln.datatypes import DataType
+from kiln.errors import InvalidArgumentError
+
+MAX_RANK = 32  # far beyond any model; bounds nesting depth and shape arithmetic
+
+
+def check_shape(name: str, shape: Sequence[Any]) -> tuple[int, ...]:
+    """Validate a request shape (non-negative ints, bounded rank) and return it as a tuple."""
+    if len(shape) > MAX_RANK:
+        raise InvalidArgumentError(f"input '{name}': rank {len(shape)} exceeds the maximum of {MAX_RANK}")
+    out = []
+    for d in shape:
+        if isinstance(d, bool) or not isinstance(d, int | np.integer) or d < 0:
+            raise InvalidArgumentError(f"input '{name}': invalid shape {list(shape)}, dims must be ints >= 0")
+        out.append(int(d))
+    return tuple(out)
+
+
+def element_count(shape: Sequence[int]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def from_raw(name: str, dtype: DataType, shape: tuple[int, ...], raw: bytes | memoryview) -> np.ndarray:
+    """Decode binary tensor data (Triton binary extension / gRPC raw contents)."""
+    count = element_count(shape)
+    if dtype.name == "BYTES":
+        return _bytes_from_raw(name, shape, count, raw)
+    expected = count * dtype.itemsize
+    if len(raw) != expected:
+        raise InvalidArgumentError(
+            f"input '{name}': got {len(raw)} bytes of data but shape {list(shape)} of {dtype.name} "
+            f"needs {expected} bytes"
+        )
+    return np.frombuffer(raw, dtype=dtype.numpy).reshape(shape)
+
+
+def _bytes_from_raw(name: str, shape: tuple[int, ...], count: int, raw: bytes | memoryview) -> np.ndarray:
+    # Each element: 4-byte little-endian length, then that many bytes. Every element costs >= 4 bytes,
+    # so a count larger than len(raw) // 4 cannot be honest: refuse before allocating.
+    view = memoryview(raw)
+    if count > len(view) // 4 + (1 if count == 0 else 0):
+        raise InvalidArgumentError(
+            f"input '{name}': shape {list(shape)} needs {count} BYTES elements but only {len(view)} bytes given"
+        )
+    items: list[bytes] = []
+    pos = 0
+    for i in range(count):
+        if pos + 4 > len(view):
+            raise InvalidArgumentError(f"input '{name}': BYTES element {i} is truncated (no length prefix)")
+        (size,) = struct.unpack_from("<I", view, pos)
+        pos += 4
+        if pos + size > len(view):
+            raise InvalidArgumentError(
+                f"input '{name}': BYTES element {i} declares {size} bytes but only {len(view) - pos} remain"
+            )
+        items.append(bytes(view[pos : pos + size]))
+        pos += size
+    if pos != len(view):
+        raise InvalidArgumentError(
+            f"input '{name}': {len(view) - pos} unexpected bytes after the {count} BYTES elements"
+        )
+    arr = np.empty(count, dtype=np.object_)
+    arr[:] = items
+    return arr.reshape(shape)
+
+
+def to_raw(dtype: DataType, array: np.ndarray) -> bytes:
+    """Encode a tensor as binary data (the inverse of :func:`from_raw`)."""
+    if dtype.name == "BYTES":
+        parts = []
+        for item in array.reshape(-1):
+            b = item if isinstance(item, bytes) else str(item).encode("utf-8")
+            parts.append(struct.pack("<I", len(b)))
+            parts.append(b)
+        return b"".join(parts)
+    return np.ascontiguousarray(array, dtype=dtype.numpy).tobytes()
+
+
+def flatten_json(name: str, data: Any, max_depth: int) -> list[Any]:
+    """Flatten JSON ``data`` (flat or nested lists) without recursion, refusing nesting deeper than the rank."""
+    if not isinstance(data, list):
+        return [data]
+    if all(not isinstance(x, list) for x in data):
+        return data
+    out: list[Any] = []
+    stack: list[tuple[list[Any], int, int]] = [(data, 0, 1)]
+    while stack:
+        seq, idx, depth = stack.pop()
+        if depth > max_depth:
+            raise InvalidArgumentError(f"input '{name}': data is nested deeper than the tensor's rank")
+        for j in range(idx, len(seq)):
+            item = seq[j]
+            if isinstance(item, list):
+                stack.append((seq, j + 1, depth))
+                stack.append((item, 0, depth + 1))
+                break
+            out.append(item)
+    return out
+
+
+def from_json(name: str, dtype: DataType, shape: tuple[int, ...], data: Any) -> np.ndarray:
+    """Decode the JSON ``data`` of a tensor into an array of ``shape``."""
+    flat = flatten_json(name, data, max(1, len(shape)))
+    count = element_count(shape)
+    if len(flat) != count:
+        raise InvalidArgumentError(
+            f"input '{name}': got {len(flat)} values but shape {list(shape)} needs {count}"
+        )
+    if dtype.name == "BYTES":
+        arr = np.empty(count, dtype=np.object_)
+        try:
+            arr[:] = [x.encode("utf-8") if isinstance(x, str) else _bytes_value(x) for x in flat]
+        except TypeError as e:
+            raise InvalidArgumentError(f"input '{name}': {e}") from None
+        return arr.reshape(shape)
+    for x in flat:
+        if isinstance(x, str | list | dict) or x is None:
+            raise InvalidArgumentError(f"input '{name}': value {x!r} is not valid {dtype.name} data")
+    if dtype.name == "BOOL":
+        if any(not isinstance(x, bool) for x in flat):
+            raise InvalidArgumentError(f"input '{name}': BOOL data must be true/false")
+    elif dtype.numpy.kind in "iu" and any(isinstance(x, float) for x in flat):
+        raise InvalidArgumentError(f"input '{name}': {dtype.name} data must be integers")
+    try:
+        return np.asarray(flat, dtype=dtype.numpy).reshape(shape)
+    except (OverflowError, ValueError, TypeError) as e:
+        raise InvalidArgumentError(f"input '{name}': data does not fit {dtype.name}: {e}") from None
+
+
+def _bytes_value(x: Any) -> bytes:
+    if isinstance(x, bytes):
+        return x
+    if isinstance(x, bool | int | float):
+        return str(x).encode("utf-8")
+    raise TypeError(f"BYTES data must be strings, got {type(x).__name__}")
+
+
+def to_json_list(dtype: DataType, array: np.ndarray) -> list[Any]:
+    """Flat JSON-ready list of a tensor's values (BYTES as UTF-8 strings where they decode)."""
+    flat = array.reshape(-1)
+    if dtype.name == "BYTES":
+        return [_decode_text(x) for x in flat]
+    if dtype.name == "FP16":
+        return flat.astype(np.float32).tolist()
+    return flat.tolist()
+
+
+def _decode_text(x: Any) -> Any:
+    if isinstance(x, bytes):
+        try:
+            return x.decode("utf-8")
+        except UnicodeDecodeError:
+            return x.decode("latin-1")
+    return x if isinstance(x, str) else str(x)
