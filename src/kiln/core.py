@@ -8,9 +8,11 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tritonclient.grpc import model_config_pb2
 
@@ -25,11 +27,12 @@ from kiln.errors import (
 )
 from kiln.model import Model
 from kiln.repository import ModelRepository
+from kiln.stats import ModelStats
 from kiln.types import InferRequest, InferResponse, ModelMetadata, ServerMetadata
 
 log = logging.getLogger(__name__)
 
-EXTENSIONS = ["classification", "binary_tensor_data", "model_configuration"]
+EXTENSIONS = ["classification", "binary_tensor_data", "model_configuration", "statistics"]
 
 
 class ModelState(enum.Enum):
@@ -46,6 +49,7 @@ class VersionStatus:
     reason: str = ""
     model: Model | None = None
     slots: asyncio.Semaphore | None = None  # bounds concurrent executions to the instance count
+    stats: ModelStats | None = None
 
 
 @dataclass
@@ -122,8 +126,9 @@ class Core:
                 status.state, status.reason = ModelState.UNAVAILABLE, f"unexpected error: {e}"
                 log.exception("failed to load model '%s' version %d", name, version)
                 continue
-            instances = sum(g.count or 1 for g in model.config.instance_group) or 1
-            status.model, status.slots, status.state = model, asyncio.Semaphore(instances), ModelState.READY
+            status.model, status.state = model, ModelState.READY
+            status.stats = ModelStats(name, str(version))
+            status.slots = asyncio.Semaphore(model.instance_count)
             log.info("loaded model '%s' version %d (%s)", name, version, model.backend.name)
         ready = [v for v in entry.versions.values() if v.state is ModelState.READY]
         entry.state = ModelState.READY if ready else ModelState.UNAVAILABLE
@@ -224,14 +229,48 @@ class Core:
     # -- inference -----------------------------------------------------------------------------------------
     async def infer(self, request: InferRequest) -> InferResponse:
         status = self._version(request.model_name, request.model_version)
-        model = status.model
-        assert model is not None and status.slots is not None
-        _refuse_unsupported_parameters(request)
-        prepared = model.prepare(request)
-        loop = asyncio.get_running_loop()
-        async with status.slots:
-            results = await loop.run_in_executor(self.executor, model.execute, prepared)
-        return model.respond(request, prepared, results)
+        model, stats, slots = status.model, status.stats, status.slots
+        assert model is not None and stats is not None and slots is not None
+        start = time.perf_counter_ns()
+        stats.pending += 1
+        try:
+            _refuse_unsupported_parameters(request)
+            prepared = model.prepare(request)
+            prepared_at = time.perf_counter_ns()
+            async with slots:
+                started = time.perf_counter_ns()
+                results = await asyncio.get_running_loop().run_in_executor(
+                    self.executor, model.execute, prepared
+                )
+                executed = time.perf_counter_ns()
+            response = model.respond(request, prepared, results)
+        except BaseException as e:
+            stats.record_failure(time.perf_counter_ns() - start, e)
+            raise
+        finally:
+            stats.pending -= 1
+        end = time.perf_counter_ns()
+        stats.record_success(
+            end - start, started - prepared_at, prepared_at - start, executed - started, end - executed,
+            prepared.batch_size,
+        )  # fmt: skip
+        return response
+
+    def statistics(self, name: str = "", version: str = "") -> list[dict[str, Any]]:
+        """Triton's model_stats entries: every ready version, or one model (all its ready versions), or one
+        version."""
+        if name:
+            if version:
+                statuses = [self._version(name, version)]
+            else:
+                self._version(name, "")  # unknown / not ready -> error
+                statuses = [s for s in self.models[name].versions.values() if s.stats is not None]
+        else:
+            statuses = [s for e in self.models.values() for s in e.versions.values() if s.stats is not None]
+        return [s.stats.as_dict() for s in statuses if s.stats is not None]
+
+    def all_stats(self) -> list[ModelStats]:
+        return [s.stats for e in self.models.values() for s in e.versions.values() if s.stats is not None]
 
 
 def _refuse_unsupported_parameters(request: InferRequest) -> None:

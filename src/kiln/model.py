@@ -54,6 +54,7 @@ class Model:
         self.version = version
         self.backend = backend
         self.max_batch_size = config.max_batch_size
+        self.instance_count = instance_count(config)
         self.inputs = {e.name: _spec(e) for e in config.input}
         self.outputs = {e.name: _spec(e, labels.get(e.name, ())) for e in config.output}
 
@@ -79,8 +80,13 @@ class Model:
         path = model_dir / str(version) / filename
         if not path.exists():
             raise ModelLoadError(f"model '{config.name}' version {version}: {path} does not exist")
-        instances = sum(g.count or 1 for g in config.instance_group) or 1
-        context = BackendContext(instance_count=instances, **({"cpu_count": cpu_count} if cpu_count else {}))
+        if not config.instance_group:
+            config.instance_group.add(
+                name=f"{config.name}_0", count=1, kind=model_config_pb2.ModelInstanceGroup.KIND_CPU
+            )
+        context = BackendContext(
+            instance_count=instance_count(config), **({"cpu_count": cpu_count} if cpu_count else {})
+        )
         backend = klass(config, path, context)
         backend.load()
         inputs, outputs = backend.signature()
@@ -226,6 +232,11 @@ class Model:
 
     def unload(self) -> None:
         self.backend.unload()
+
+
+def instance_count(config: model_config_pb2.ModelConfig) -> int:
+    """Total instances across instance groups (a group with count 0 counts as 1, as in Triton)."""
+    return sum(g.count or 1 for g in config.instance_group) or 1
 
 
 def _spec(entry, labels: tuple[str, ...] = ()) -> TensorSpec:  # type: ignore[no-untyped-def]

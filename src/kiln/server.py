@@ -13,12 +13,14 @@ from pathlib import Path
 
 import grpc
 import uvicorn
+from prometheus_client import make_asgi_app
 from tritonclient.grpc import service_pb2_grpc
 
 from kiln.core import Core, CoreOptions
 from kiln.errors import KilnError
 from kiln.grpc.servicer import InferenceServicer
 from kiln.http.app import HttpOptions, create_app
+from kiln.metrics import build_registry
 from kiln.repository import ModelRepository
 
 log = logging.getLogger("kiln.server")
@@ -84,7 +86,7 @@ async def serve(options: ServerOptions, stop: asyncio.Event | None = None) -> No
 
 async def _run_servers(core: Core, options: ServerOptions, stop: asyncio.Event) -> None:
     grpc_server = None
-    http_server = None
+    servers: list[_Uvicorn] = []
     tasks: list[asyncio.Task[None]] = []
     try:
         if options.allow_grpc:
@@ -116,16 +118,31 @@ async def _run_servers(core: Core, options: ServerOptions, stop: asyncio.Event) 
                 timeout_graceful_shutdown=int(options.shutdown_timeout_s),
             )
             http_server = _Uvicorn(config)
+            servers.append(http_server)
             sock = bind_socket(options.host, options.http_port, "HTTP")
             tasks.append(asyncio.create_task(http_server.serve(sockets=[sock])))
             log.info("HTTP server listening on %s:%d", options.host, options.http_port)
+        if options.allow_metrics:
+            metrics_server = _Uvicorn(
+                uvicorn.Config(
+                    make_asgi_app(build_registry(core.all_stats)),
+                    lifespan="off",
+                    access_log=False,
+                    log_level="warning",
+                    http="httptools",
+                )
+            )
+            servers.append(metrics_server)
+            sock = bind_socket(options.host, options.metrics_port, "metrics")
+            tasks.append(asyncio.create_task(metrics_server.serve(sockets=[sock])))
+            log.info("metrics server listening on %s:%d/metrics", options.host, options.metrics_port)
         log.info("Kiln is serving %d model(s)", len(core.models))
         await stop.wait()
         log.info("shutting down: no new requests, draining in-flight ones")
     finally:
         core.live = False
-        if http_server is not None:
-            http_server.should_exit = True
+        for server in servers:
+            server.should_exit = True
         if grpc_server is not None:
             await grpc_server.stop(options.shutdown_timeout_s)
         if tasks:

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
+from google.protobuf import json_format
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from kiln.core import Core
@@ -90,6 +91,19 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         response = await self.core.infer(converters.infer_request_from_pb(request))
         return converters.infer_response_to_pb(response)
 
+    @guarded
+    async def ModelStatistics(self, request: Any, context: Any) -> service_pb2.ModelStatisticsResponse:
+        stats = self.core.statistics(request.name, request.version)
+        return json_format.ParseDict({"model_stats": stats}, service_pb2.ModelStatisticsResponse())
+
+    @guarded
+    async def RepositoryIndex(self, request: Any, context: Any) -> service_pb2.RepositoryIndexResponse:
+        entry = service_pb2.RepositoryIndexResponse.ModelIndex
+        rows = self.core.index(ready_only=request.ready)
+        return service_pb2.RepositoryIndexResponse(
+            models=[entry(name=r.name, version=r.version, state=r.state, reason=r.reason) for r in rows]
+        )
+
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[service_pb2.ModelInferRequest], context: Any
     ) -> AsyncIterator[service_pb2.ModelStreamInferResponse]:
@@ -132,10 +146,8 @@ def _not_implemented(method: str, what: str) -> Method:
 
 
 for _method, _what in {
-    "ModelStatistics": "the statistics extension",
-    "RepositoryIndex": "the model repository extension",
-    "RepositoryModelLoad": "the model repository extension",
-    "RepositoryModelUnload": "the model repository extension",
+    "RepositoryModelLoad": "loading models through the API",
+    "RepositoryModelUnload": "unloading models through the API",
     "SystemSharedMemoryStatus": "system shared memory",
     "SystemSharedMemoryRegister": "system shared memory",
     "SystemSharedMemoryUnregister": "system shared memory",

@@ -15,7 +15,7 @@ from starlette.routing import Route
 
 from kiln.config import config_to_dict
 from kiln.core import Core
-from kiln.errors import ErrorCode, InvalidArgumentError, KilnError
+from kiln.errors import ErrorCode, InvalidArgumentError, KilnError, UnimplementedError
 from kiln.http import codec
 
 log = logging.getLogger(__name__)
@@ -128,18 +128,43 @@ def create_app(core: Core, options: HttpOptions | None = None) -> Starlette:
         media = "application/octet-stream" if header_len is not None else JSON
         return Response(payload, media_type=media, headers=headers)
 
+    async def repository_index(request: Request) -> Response:
+        body = await read_body(request, options.max_input_bytes)
+        doc = codec.parse_json(body, "repository index request") if body.strip() else {}
+        ready = doc.get("ready", False) if isinstance(doc, dict) else False
+        if not isinstance(ready, bool):
+            raise InvalidArgumentError("'ready' must be true or false")
+        rows = core.index(ready_only=ready)
+        return json_response(
+            [{"name": r.name, "version": r.version, "state": r.state, "reason": r.reason} for r in rows]
+        )
+
+    async def statistics(request: Request) -> Response:
+        name = request.path_params.get("model", "")
+        return json_response({"model_stats": core.statistics(name, _version(request))})
+
+    async def not_yet(request: Request) -> Response:
+        raise UnimplementedError(
+            f"{request.url.path}: loading and unloading models through the API is not implemented by Kiln yet"
+        )
+
     model = "/v2/models/{model}"
     versioned = "/v2/models/{model}/versions/{version}"
     routes = [
         Route("/v2", guarded(server_metadata), methods=["GET"]),
         Route("/v2/health/live", guarded(live), methods=["GET"]),
         Route("/v2/health/ready", guarded(ready), methods=["GET"]),
+        Route("/v2/models/stats", guarded(statistics), methods=["GET"]),
+        Route("/v2/repository/index", guarded(repository_index), methods=["POST"]),
+        Route("/v2/repository/models/{model}/load", guarded(not_yet), methods=["POST"]),
+        Route("/v2/repository/models/{model}/unload", guarded(not_yet), methods=["POST"]),
     ]
     for prefix in (model, versioned):
         routes += [
             Route(prefix, guarded(model_metadata), methods=["GET"]),
             Route(prefix + "/ready", guarded(model_ready), methods=["GET"]),
             Route(prefix + "/config", guarded(model_config), methods=["GET"]),
+            Route(prefix + "/stats", guarded(statistics), methods=["GET"]),
             Route(prefix + "/infer", guarded(infer), methods=["POST"]),
         ]
     app = Starlette(routes=routes)

@@ -1,0 +1,116 @@
+"""Per-model-version inference statistics (Triton's statistics extension), updated on the event loop thread."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter as Tally
+from dataclasses import dataclass, field
+from typing import Any
+
+from kiln.errors import ErrorCode, KilnError
+
+# Triton's failure reasons (label `reason` of nv_inference_request_failure)
+FAILURE_REASONS = ("REJECTED", "CANCELED", "BACKEND", "OTHER")
+
+
+def failure_reason(exc: BaseException) -> str:
+    if isinstance(exc, KilnError):
+        if exc.code in (ErrorCode.UNAVAILABLE, ErrorCode.RESOURCE_EXHAUSTED):
+            return "REJECTED"
+        if exc.code is ErrorCode.CANCELLED:
+            return "CANCELED"
+        if exc.code is ErrorCode.INTERNAL:
+            return "BACKEND"
+    return "OTHER"
+
+
+@dataclass
+class Duration:
+    count: int = 0
+    ns: int = 0
+
+    def add(self, ns: int, count: int = 1) -> None:
+        self.count += count
+        self.ns += ns
+
+    def as_dict(self) -> dict[str, int]:
+        return {"count": self.count, "ns": self.ns}
+
+
+@dataclass
+class BatchStats:
+    compute_input: Duration = field(default_factory=Duration)
+    compute_infer: Duration = field(default_factory=Duration)
+    compute_output: Duration = field(default_factory=Duration)
+
+
+@dataclass
+class ModelStats:
+    name: str
+    version: str
+    success: Duration = field(default_factory=Duration)
+    fail: Duration = field(default_factory=Duration)
+    queue: Duration = field(default_factory=Duration)
+    compute_input: Duration = field(default_factory=Duration)
+    compute_infer: Duration = field(default_factory=Duration)
+    compute_output: Duration = field(default_factory=Duration)
+    failures: Tally[str] = field(default_factory=Tally)
+    batches: dict[int, BatchStats] = field(default_factory=dict)
+    inference_count: int = 0
+    execution_count: int = 0
+    last_inference_ms: int = 0
+    pending: int = 0
+
+    def record_success(self, total_ns: int, queue_ns: int, input_ns: int, infer_ns: int, output_ns: int,
+                       batch_size: int) -> None:  # fmt: skip
+        self.success.add(total_ns)
+        self.queue.add(queue_ns)
+        self.compute_input.add(input_ns)
+        self.compute_infer.add(infer_ns)
+        self.compute_output.add(output_ns)
+        self.record_execution(batch_size, input_ns, infer_ns, output_ns)
+        self.inference_count += batch_size
+        self.last_inference_ms = int(time.time() * 1000)
+
+    def record_execution(self, batch_size: int, input_ns: int, infer_ns: int, output_ns: int) -> None:
+        self.execution_count += 1
+        b = self.batches.setdefault(batch_size, BatchStats())
+        b.compute_input.add(input_ns)
+        b.compute_infer.add(infer_ns)
+        b.compute_output.add(output_ns)
+
+    def record_failure(self, total_ns: int, exc: BaseException) -> None:
+        self.fail.add(total_ns)
+        self.failures[failure_reason(exc)] += 1
+        self.last_inference_ms = int(time.time() * 1000)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Triton's JSON shape for one model_stats entry (also the proto3 JSON of gRPC ModelStatistics)."""
+        zero = Duration().as_dict()
+        return {
+            "name": self.name,
+            "version": self.version,
+            "last_inference": self.last_inference_ms,
+            "inference_count": self.inference_count,
+            "execution_count": self.execution_count,
+            "inference_stats": {
+                "success": self.success.as_dict(),
+                "fail": self.fail.as_dict(),
+                "queue": self.queue.as_dict(),
+                "compute_input": self.compute_input.as_dict(),
+                "compute_infer": self.compute_infer.as_dict(),
+                "compute_output": self.compute_output.as_dict(),
+                "cache_hit": zero,
+                "cache_miss": zero,
+            },
+            "batch_stats": [
+                {
+                    "batch_size": size,
+                    "compute_input": b.compute_input.as_dict(),
+                    "compute_infer": b.compute_infer.as_dict(),
+                    "compute_output": b.compute_output.as_dict(),
+                }
+                for size, b in sorted(self.batches.items())
+            ],
+            "memory_usage": [],
+        }
