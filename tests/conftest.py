@@ -4,6 +4,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from repos import build_broken_repository, build_test_repository
 from servers import KilnProcess
 

@@ -136,8 +136,14 @@ def from_json(name: str, dtype: DataType, shape: tuple[int, ...], data: Any) -> 
     if dtype.name == "BOOL":
         if any(not isinstance(x, bool) for x in flat):
             raise InvalidArgumentError(f"input '{name}': BOOL data must be true/false")
-    elif dtype.numpy.kind in "iu" and any(isinstance(x, float) for x in flat):
-        raise InvalidArgumentError(f"input '{name}': {dtype.name} data must be integers")
+    elif dtype.numpy.kind in "iu":
+        if any(isinstance(x, float) for x in flat):
+            raise InvalidArgumentError(f"input '{name}': {dtype.name} data must be integers")
+        info = np.iinfo(dtype.numpy)
+        if flat and (min(flat) < info.min or max(flat) > info.max):
+            raise InvalidArgumentError(
+                f"input '{name}': data does not fit {dtype.name} (range {info.min}..{info.max})"
+            )
     try:
         return np.asarray(flat, dtype=dtype.numpy).reshape(shape)
     except (OverflowError, ValueError, TypeError) as e:
