@@ -27,6 +27,7 @@ from kiln.errors import (
 )
 from kiln.model import Model
 from kiln.repository import ModelRepository
+from kiln.scheduling import Scheduler, Work, make_scheduler
 from kiln.stats import ModelStats
 from kiln.types import InferRequest, InferResponse, ModelMetadata, ServerMetadata
 
@@ -48,7 +49,7 @@ class VersionStatus:
     state: ModelState
     reason: str = ""
     model: Model | None = None
-    slots: asyncio.Semaphore | None = None  # bounds concurrent executions to the instance count
+    scheduler: Scheduler | None = None
     stats: ModelStats | None = None
 
 
@@ -126,9 +127,17 @@ class Core:
                 status.state, status.reason = ModelState.UNAVAILABLE, f"unexpected error: {e}"
                 log.exception("failed to load model '%s' version %d", name, version)
                 continue
-            status.model, status.state = model, ModelState.READY
-            status.stats = ModelStats(name, str(version))
-            status.slots = asyncio.Semaphore(model.instance_count)
+            stats = ModelStats(name, str(version))
+            scheduler = make_scheduler(
+                model.config,
+                model.execute,
+                len(model.backends),
+                self.executor,
+                lambda b, s=stats: s.record_execution(b.size, b.input_ns, b.infer_ns, b.output_ns),
+            )
+            await scheduler.start()
+            status.model, status.stats, status.scheduler = model, stats, scheduler
+            status.state = ModelState.READY
             log.info("loaded model '%s' version %d (%s)", name, version, model.backend.name)
         ready = [v for v in entry.versions.values() if v.state is ModelState.READY]
         entry.state = ModelState.READY if ready else ModelState.UNAVAILABLE
@@ -144,9 +153,11 @@ class Core:
     def failed_models(self) -> list[ModelEntry]:
         return [e for e in self.models.values() if e.state is not ModelState.READY]
 
-    def close(self) -> None:
+    async def close(self) -> None:
         for entry in self.models.values():
             for status in entry.versions.values():
+                if status.scheduler is not None:
+                    await status.scheduler.stop()
                 if status.model is not None:
                     status.model.unload()
         self.executor.shutdown(wait=False, cancel_futures=True)
@@ -229,29 +240,33 @@ class Core:
     # -- inference -----------------------------------------------------------------------------------------
     async def infer(self, request: InferRequest) -> InferResponse:
         status = self._version(request.model_name, request.model_version)
-        model, stats, slots = status.model, status.stats, status.slots
-        assert model is not None and stats is not None and slots is not None
+        model, stats, scheduler = status.model, status.stats, status.scheduler
+        assert model is not None and stats is not None and scheduler is not None
         start = time.perf_counter_ns()
         stats.pending += 1
         try:
             _refuse_unsupported_parameters(request)
             prepared = model.prepare(request)
+            work = Work(
+                prepared.feeds,
+                [o.name for o in prepared.outputs],
+                prepared.batch_size,
+                _uint_parameter(request, "priority") or 0,
+                _uint_parameter(request, "timeout"),
+            )
             prepared_at = time.perf_counter_ns()
-            async with slots:
-                started = time.perf_counter_ns()
-                results = await asyncio.get_running_loop().run_in_executor(
-                    self.executor, model.execute, prepared
-                )
-                executed = time.perf_counter_ns()
-            response = model.respond(request, prepared, results)
+            result = await scheduler.submit(work)
+            returned_at = time.perf_counter_ns()
+            response = model.respond(request, prepared, result.outputs)
         except BaseException as e:
             stats.record_failure(time.perf_counter_ns() - start, e)
             raise
         finally:
             stats.pending -= 1
         end = time.perf_counter_ns()
+        b = result.batch
         stats.record_success(
-            end - start, started - prepared_at, prepared_at - start, executed - started, end - executed,
+            end - start, b.queue_ns, prepared_at - start + b.input_ns, b.infer_ns, b.output_ns + end - returned_at,
             prepared.batch_size,
         )  # fmt: skip
         return response
@@ -271,6 +286,15 @@ class Core:
 
     def all_stats(self) -> list[ModelStats]:
         return [s.stats for e in self.models.values() for s in e.versions.values() if s.stats is not None]
+
+
+def _uint_parameter(request: InferRequest, key: str) -> int | None:
+    value = request.parameters.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidArgumentError(f"request parameter '{key}' must be an unsigned integer, got {value!r}")
+    return value
 
 
 def _refuse_unsupported_parameters(request: InferRequest) -> None:

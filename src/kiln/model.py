@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,16 +46,16 @@ class Model:
         self,
         config: model_config_pb2.ModelConfig,
         version: int,
-        backend: Backend,
+        backends: list[Backend],
         labels: dict[str, tuple[str, ...]] | None = None,
     ) -> None:
         labels = labels or {}
         self.config = config
         self.name = config.name
         self.version = version
-        self.backend = backend
+        self.backends = backends  # one per model instance
+        self.backend = backends[0]
         self.max_batch_size = config.max_batch_size
-        self.instance_count = instance_count(config)
         self.inputs = {e.name: _spec(e) for e in config.input}
         self.outputs = {e.name: _spec(e, labels.get(e.name, ())) for e in config.output}
 
@@ -81,20 +82,26 @@ class Model:
         if not path.exists():
             raise ModelLoadError(f"model '{config.name}' version {version}: {path} does not exist")
         if not config.instance_group:
-            config.instance_group.add(
-                name=f"{config.name}_0", count=1, kind=model_config_pb2.ModelInstanceGroup.KIND_CPU
-            )
-        context = BackendContext(
-            instance_count=instance_count(config), **({"cpu_count": cpu_count} if cpu_count else {})
-        )
-        backend = klass(config, path, context)
-        backend.load()
-        inputs, outputs = backend.signature()
+            config.instance_group.add(name=f"{config.name}_0", count=1, kind=KIND_CPU)
+        contexts = instance_contexts(config, klass, cpu_count)
+        first = klass(config, path, contexts[0])
+        first.load()
+        inputs, outputs = first.signature()
         if auto_complete:
             autocomplete(config, inputs, outputs, default_max_batch_size)
         validate(config, inputs, outputs)
         labels = {e.name: _read_labels(model_dir, e) for e in config.output if e.label_filename}
-        return cls(config, version, backend, labels)
+        backends = [first]
+        try:
+            for context in contexts[1:]:
+                backend = klass(config, path, context)
+                backend.load()
+                backends.append(backend)
+        except BaseException:
+            for b in backends:
+                b.unload()
+            raise
+        return cls(config, version, backends, labels)
 
     # -- metadata ------------------------------------------------------------------------------------------
     def metadata_tensors(self, kind: str) -> list[TensorMetadata]:
@@ -192,9 +199,11 @@ class Model:
                 )
         return list(request.outputs)
 
-    def execute(self, prepared: PreparedRequest) -> dict[str, np.ndarray]:
-        """Blocking: run the backend on the prepared feeds."""
-        return self.backend.execute(prepared.feeds, [o.name for o in prepared.outputs])
+    def execute(
+        self, feeds: dict[str, np.ndarray], outputs: Sequence[str], instance: int = 0
+    ) -> dict[str, np.ndarray]:
+        """Blocking: run one (possibly merged) batch on the given model instance."""
+        return self.backends[instance].execute(feeds, outputs)
 
     def respond(
         self, request: InferRequest, prepared: PreparedRequest, results: dict[str, np.ndarray]
@@ -231,12 +240,45 @@ class Model:
         return result if batched else result.reshape(k)
 
     def unload(self) -> None:
-        self.backend.unload()
+        for backend in self.backends:
+            backend.unload()
 
 
-def instance_count(config: model_config_pb2.ModelConfig) -> int:
-    """Total instances across instance groups (a group with count 0 counts as 1, as in Triton)."""
-    return sum(g.count or 1 for g in config.instance_group) or 1
+KIND_CPU = model_config_pb2.ModelInstanceGroup.KIND_CPU
+KIND_GPU = model_config_pb2.ModelInstanceGroup.KIND_GPU
+KIND_AUTO = model_config_pb2.ModelInstanceGroup.KIND_AUTO
+
+
+def instance_contexts(
+    config: model_config_pb2.ModelConfig, klass: type[Backend], cpu_count: int | None = None
+) -> list[BackendContext]:
+    """One context per model instance: ``count`` per group (per listed GPU for KIND_GPU), as Triton does.
+    KIND_AUTO means GPU where the backend can use one, else CPU; KIND_GPU without a usable GPU is an error."""
+    gpu_ok = klass.gpu_available()
+    plan: list[tuple[str, int]] = []
+    for group in config.instance_group:
+        count = group.count or 1
+        kind = group.kind
+        if kind == KIND_AUTO:
+            kind = KIND_GPU if gpu_ok else KIND_CPU
+        if kind == KIND_GPU:
+            if not gpu_ok:
+                raise ModelLoadError(
+                    f"model '{config.name}': instance group '{group.name or 'unnamed'}' asks for KIND_GPU but "
+                    f"no GPU is usable ({klass.name}: CUDA execution provider not available); use KIND_CPU "
+                    f"or KIND_AUTO"
+                )
+            plan += [("GPU", gpu) for gpu in (list(group.gpus) or [0]) for _ in range(count)]
+        elif kind == KIND_CPU:
+            plan += [("CPU", 0)] * count
+        else:
+            kind_name = model_config_pb2.ModelInstanceGroup.Kind.Name(kind)
+            raise ModelLoadError(f"model '{config.name}': instance group kind {kind_name} is not supported")
+    cpu_instances = sum(1 for kind, _ in plan if kind == "CPU") or 1
+    base = {"cpu_count": cpu_count} if cpu_count else {}
+    return [
+        BackendContext(instance_count=cpu_instances, kind=kind, device_id=dev, **base) for kind, dev in plan
+    ]
 
 
 def _spec(entry, labels: tuple[str, ...] = ()) -> TensorSpec:  # type: ignore[no-untyped-def]

@@ -81,7 +81,7 @@ async def serve(options: ServerOptions, stop: asyncio.Event | None = None) -> No
             raise StartupError(f"models failed to load and --exit-on-error is set: {names}")
         await _run_servers(core, options, stop)
     finally:
-        core.close()
+        await core.close()
 
 
 async def _run_servers(core: Core, options: ServerOptions, stop: asyncio.Event) -> None:

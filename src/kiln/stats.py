@@ -68,11 +68,11 @@ class ModelStats:
         self.compute_input.add(input_ns)
         self.compute_infer.add(infer_ns)
         self.compute_output.add(output_ns)
-        self.record_execution(batch_size, input_ns, infer_ns, output_ns)
         self.inference_count += batch_size
         self.last_inference_ms = int(time.time() * 1000)
 
     def record_execution(self, batch_size: int, input_ns: int, infer_ns: int, output_ns: int) -> None:
+        """Once per model execution (a merged batch counts once)."""
         self.execution_count += 1
         b = self.batches.setdefault(batch_size, BatchStats())
         b.compute_input.add(input_ns)

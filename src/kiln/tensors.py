@@ -118,34 +118,39 @@ def flatten_json(name: str, data: Any, max_depth: int) -> list[Any]:
 def from_json(name: str, dtype: DataType, shape: tuple[int, ...], data: Any) -> np.ndarray:
     """Decode the JSON ``data`` of a tensor into an array of ``shape``."""
     flat = flatten_json(name, data, max(1, len(shape)))
+    if dtype.name != "BYTES":
+        for x in flat:
+            if isinstance(x, str | list | dict) or x is None:
+                raise InvalidArgumentError(f"input '{name}': value {x!r} is not valid {dtype.name} data")
+        if dtype.name == "BOOL" and any(not isinstance(x, bool) for x in flat):
+            raise InvalidArgumentError(f"input '{name}': BOOL data must be true/false")
+        if dtype.numpy.kind in "iu" and any(isinstance(x, float) for x in flat):
+            raise InvalidArgumentError(f"input '{name}': {dtype.name} data must be integers")
+    return from_values(name, dtype, shape, flat)
+
+
+def from_values(name: str, dtype: DataType, shape: tuple[int, ...], values: Sequence[Any]) -> np.ndarray:
+    """A tensor from a flat sequence of typed values (JSON data, gRPC typed contents): count and range checked."""
     count = element_count(shape)
-    if len(flat) != count:
+    if len(values) != count:
         raise InvalidArgumentError(
-            f"input '{name}': got {len(flat)} values but shape {list(shape)} needs {count}"
+            f"input '{name}': got {len(values)} values but shape {list(shape)} needs {count}"
         )
     if dtype.name == "BYTES":
         arr = np.empty(count, dtype=np.object_)
         try:
-            arr[:] = [x.encode("utf-8") if isinstance(x, str) else _bytes_value(x) for x in flat]
+            arr[:] = [x.encode("utf-8") if isinstance(x, str) else _bytes_value(x) for x in values]
         except TypeError as e:
             raise InvalidArgumentError(f"input '{name}': {e}") from None
         return arr.reshape(shape)
-    for x in flat:
-        if isinstance(x, str | list | dict) or x is None:
-            raise InvalidArgumentError(f"input '{name}': value {x!r} is not valid {dtype.name} data")
-    if dtype.name == "BOOL":
-        if any(not isinstance(x, bool) for x in flat):
-            raise InvalidArgumentError(f"input '{name}': BOOL data must be true/false")
-    elif dtype.numpy.kind in "iu":
-        if any(isinstance(x, float) for x in flat):
-            raise InvalidArgumentError(f"input '{name}': {dtype.name} data must be integers")
+    if dtype.numpy.kind in "iu" and count:
         info = np.iinfo(dtype.numpy)
-        if flat and (min(flat) < info.min or max(flat) > info.max):
+        if min(values) < info.min or max(values) > info.max:
             raise InvalidArgumentError(
                 f"input '{name}': data does not fit {dtype.name} (range {info.min}..{info.max})"
             )
     try:
-        return np.asarray(flat, dtype=dtype.numpy).reshape(shape)
+        return np.asarray(values, dtype=dtype.numpy).reshape(shape)
     except (OverflowError, ValueError, TypeError) as e:
         raise InvalidArgumentError(f"input '{name}': data does not fit {dtype.name}: {e}") from None
 

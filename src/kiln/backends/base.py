@@ -24,7 +24,9 @@ class BackendContext:
     """What a backend gets from the server besides its config and file."""
 
     cpu_count: int = os.cpu_count() or 1
-    instance_count: int = 1
+    instance_count: int = 1  # CPU instances of this model sharing the cores
+    kind: str = "CPU"  # "CPU" or "GPU"
+    device_id: int = 0
 
 
 class Backend(ABC):
@@ -39,6 +41,11 @@ class Backend(ABC):
         self.config = config
         self.model_path = model_path
         self.context = context
+
+    @classmethod
+    def gpu_available(cls) -> bool:
+        """Whether this backend can run on a GPU here (KIND_GPU / KIND_AUTO instance groups)."""
+        return False
 
     @abstractmethod
     def load(self) -> None:

@@ -39,10 +39,22 @@ class OnnxRuntimeBackend(Backend):
         opts.log_severity_level = 3
         return opts
 
+    @classmethod
+    def gpu_available(cls) -> bool:
+        return "CUDAExecutionProvider" in ort.get_available_providers()
+
+    def providers(self) -> list[str | tuple[str, dict[str, str]]]:
+        if self.context.kind == "GPU":
+            return [
+                ("CUDAExecutionProvider", {"device_id": str(self.context.device_id)}),
+                "CPUExecutionProvider",
+            ]
+        return ["CPUExecutionProvider"]
+
     def load(self) -> None:
         try:
             self.session = ort.InferenceSession(
-                str(self.model_path), sess_options=self.session_options(), providers=["CPUExecutionProvider"]
+                str(self.model_path), sess_options=self.session_options(), providers=self.providers()
             )
         except Exception as e:  # ORT raises its own pybind exception types
             raise ModelLoadError(f"ONNX Runtime could not load {self.model_path.name}: {e}") from None

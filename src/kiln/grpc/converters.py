@@ -88,20 +88,7 @@ def _input_from_pb(pb: service_pb2.InferInputTensor, raw: bytes | None) -> Input
     field = CONTENTS_FIELD.get(dtype.name)
     if field is None:
         raise InvalidArgumentError(f"input '{name}': {dtype.name} data must be sent in raw_input_contents")
-    values = getattr(pb.contents, field)
-    count = tensors.element_count(shape)
-    if len(values) != count:
-        raise InvalidArgumentError(
-            f"input '{name}': got {len(values)} values in {field} but shape {list(shape)} needs {count}"
-        )
-    if dtype.name == "BYTES":
-        arr = np.empty(count, dtype=np.object_)
-        arr[:] = list(values)
-        return InputTensor(name, dtype, shape, arr.reshape(shape), params)
-    try:
-        data = np.asarray(values, dtype=dtype.numpy).reshape(shape)
-    except (OverflowError, ValueError) as e:
-        raise InvalidArgumentError(f"input '{name}': values do not fit {dtype.name}: {e}") from None
+    data = tensors.from_values(name, dtype, shape, getattr(pb.contents, field))
     return InputTensor(name, dtype, shape, data, params)
 
 
