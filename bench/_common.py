@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
+import platform
 import signal
 import socket
 import subprocess
@@ -34,6 +35,20 @@ output [
 ]
 instance_group [ { count: 1 kind: KIND_CPU } ]
 """
+
+
+def machine_description() -> str:
+    """nproc, CPU model, kernel and Python version, for benchmark reports."""
+    cpu = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    system = f"{platform.system()} {platform.release()}"
+    return f"nproc={os.cpu_count()}, cpu={cpu}, {system}, python {platform.python_version()}"
 
 
 def venv_dir() -> Path:

@@ -17,8 +17,6 @@ import csv
 import dataclasses
 import datetime as dt
 import os
-import platform
-import re
 import shlex
 import subprocess
 import sys
@@ -36,6 +34,7 @@ from _common import (
     build_add_sub_repository,
     kiln_server,
     latest_onnx_model,
+    machine_description,
     perf_analyzer,
     venv_python,
 )
@@ -50,6 +49,7 @@ class Result:
     throughput: float | None = None  # inferences per second
     p50_us: float | None = None
     p99_us: float | None = None
+    server_compute_us: float | None = None  # perf_analyzer's server-side compute input+infer+output
     error: str | None = None
     note: str | None = None
 
@@ -60,6 +60,7 @@ class PerfSettings:
     stability_percentage: float
     max_trials: int
     timeout_s: float
+    server_stats: bool
 
 
 # ------------------------------------------------------------------------------------ model repository
@@ -167,15 +168,16 @@ def perf_command(
         "-b", "1",
         "--concurrency-range", str(concurrency),
         "--measurement-interval", str(s.measurement_interval_ms),
-        "--stability-percentage", str(s.stability_percentage),
+        "--stability-percentage", f"{s.stability_percentage:g}",
         "--max-trials", str(s.max_trials),
         "-f", str(csv_path),
         "--verbose-csv",
+        *(["-v"] if s.server_stats else []),  # -v makes perf_analyzer fetch the server's model statistics
     ]  # fmt: skip
 
 
 def parse_perf_csv(csv_path: Path, transport: str, concurrency: int) -> Result | None:
-    """Throughput and p50/p99 client latency (usec) from perf_analyzer's -f CSV (first data row)."""
+    """Throughput, p50/p99 client latency and server compute time (usec) from perf_analyzer's -f CSV."""
     if not csv_path.exists():
         return None
     with csv_path.open(newline="") as f:
@@ -183,29 +185,30 @@ def parse_perf_csv(csv_path: Path, transport: str, concurrency: int) -> Result |
     if not rows:
         return None
     row = {k.strip(): v for k, v in rows[0].items() if k is not None}
+    compute = [row.get(f"Server Compute {part}") for part in ("Input", "Infer", "Output")]
     return Result(
         transport,
         concurrency,
         throughput=float(row["Inferences/Second"]),
         p50_us=float(row["p50 latency"]),
         p99_us=float(row["p99 latency"]),
+        server_compute_us=sum(float(c) for c in compute) if all(compute) else None,
     )
 
 
-_STDOUT_PATTERNS = {
-    "throughput": re.compile(r"^\s*Throughput: ([0-9.]+) infer/sec", re.M),
-    "p50_us": re.compile(r"^\s*p50 latency: ([0-9.]+) usec", re.M),
-    "p99_us": re.compile(r"^\s*p99 latency: ([0-9.]+) usec", re.M),
-}
-
-
-def parse_perf_stdout(output: str, transport: str, concurrency: int) -> Result | None:
-    """The last measurement window perf_analyzer printed (used when it wrote no CSV, e.g. never stable)."""
-    values = {key: pattern.findall(output) for key, pattern in _STDOUT_PATTERNS.items()}
-    if not all(values.values()):
-        return None
-    last = {key: float(found[-1]) for key, found in values.items()}
-    return Result(transport, concurrency, **last)
+def _invoke(
+    command: list[str], env: dict[str, str], timeout_s: float, log_path: Path
+) -> tuple[bool, str, str]:
+    """Run perf_analyzer; (succeeded, exit description, stdout+stderr), the output also saved to `log_path`."""
+    print(f"[perf] {shlex.join(command)}", file=sys.stderr)
+    try:
+        proc = subprocess.run(command, env=env, capture_output=True, timeout=timeout_s, check=False)
+        ok, rc, raw = proc.returncode == 0, f"rc={proc.returncode}", proc.stdout + proc.stderr
+    except subprocess.TimeoutExpired as exc:
+        ok, rc, raw = False, f"timeout after {timeout_s:g} s", (exc.stdout or b"") + (exc.stderr or b"")
+    output = raw.decode(errors="replace")
+    log_path.write_text(output)
+    return ok, rc, output
 
 
 def run_perf(
@@ -217,30 +220,28 @@ def run_perf(
     out_dir: Path,
     settings: PerfSettings,
 ) -> Result:
+    """One perf_analyzer run; when it never gets stable, one more with --stability-percentage 100."""
     transport = f"kiln {protocol}"
     url = endpoints.http_url if protocol == "http" else endpoints.grpc_url
     csv_path = out_dir / f"perf_{protocol}_c{concurrency}.csv"
     log_path = out_dir / f"perf_{protocol}_c{concurrency}.log"
     command = perf_command(pa, model, url, protocol, concurrency, csv_path, settings)
-    print(f"[perf] {shlex.join(command)}", file=sys.stderr)
-    try:
-        proc = subprocess.run(
-            command, env=pa.env, capture_output=True, timeout=settings.timeout_s, check=False
+    ok, rc, output = _invoke(command, pa.env, settings.timeout_s, log_path)
+    note = None
+    if not ok and "Failed to obtain stable measurement" in output:
+        note = (
+            f"not stable within {settings.stability_percentage:g}% in {settings.max_trials} windows; "
+            "re-measured with --stability-percentage 100"
         )
-        output, rc = (proc.stdout + proc.stderr).decode(errors="replace"), f"rc={proc.returncode}"
-        ok = proc.returncode == 0
-    except subprocess.TimeoutExpired as exc:
-        partial = (exc.stdout or b"") + (exc.stderr or b"")
-        output, rc, ok = partial.decode(errors="replace"), f"timeout after {settings.timeout_s:g} s", False
-    log_path.write_text(output)
+        print(f"[perf] {transport} c={concurrency}: {note}", file=sys.stderr)
+        loose = dataclasses.replace(settings, stability_percentage=100.0)
+        command = perf_command(pa, model, url, protocol, concurrency, csv_path, loose)
+        ok, rc, output = _invoke(command, pa.env, settings.timeout_s, log_path.with_suffix(".retry.log"))
     result = parse_perf_csv(csv_path, transport, concurrency) if ok else None
     if result is not None:
-        return result
+        return dataclasses.replace(result, note=note)
     tail = output.strip().splitlines()[-8:]
     print(f"[perf] {transport} c={concurrency}: {rc}; see {log_path}:", *tail, sep="\n  ", file=sys.stderr)
-    fallback = parse_perf_stdout(output, transport, concurrency)
-    if fallback is not None and "Failed to obtain stable measurement" in output:
-        return dataclasses.replace(fallback, note="unstable (last window)")
     first_error = next((line for line in tail if "error" in line.lower()), tail[-1] if tail else "")
     return Result(transport, concurrency, error=f"perf_analyzer {rc}: {first_error.strip()}")
 
@@ -256,13 +257,14 @@ def markdown_table(results: list[Result]) -> str:
     """Rows transport x concurrency; Kiln/raw compares throughput with raw ORT at the same concurrency."""
     raw = {r.concurrency: r.throughput for r in results if r.transport == RAW}
     lines = [
-        "| transport | concurrency | throughput (infer/s) | p50 (us) | p99 (us) | Kiln/raw throughput |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| transport | concurrency | throughput (infer/s) | p50 (us) | p99 (us) | Kiln/raw throughput "
+        "| server compute (avg us) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     notes: list[str] = []
     for r in results:
         if r.error:
-            cells = [f"failed: {r.error.replace('|', '/')}", "-", "-", "-"]
+            cells = [f"failed: {r.error.replace('|', '/')}", "-", "-", "-", "-"]
         else:
             base = raw.get(r.concurrency)
             ratio = (
@@ -270,25 +272,18 @@ def markdown_table(results: list[Result]) -> str:
                 if r.transport == RAW or not base or r.throughput is None
                 else f"{r.throughput / base:.3f}"
             )
-            cells = [_fmt(r.throughput), _fmt(r.p50_us, 1), _fmt(r.p99_us, 1), ratio]
+            cells = [
+                _fmt(r.throughput),
+                _fmt(r.p50_us, 1),
+                _fmt(r.p99_us, 1),
+                ratio,
+                _fmt(r.server_compute_us),
+            ]
         if r.note:
             notes.append(f"[{len(notes) + 1}] {r.transport} c={r.concurrency}: {r.note}")
             cells[0] += f" [{len(notes)}]"
         lines.append("| " + " | ".join([r.transport, str(r.concurrency), *cells]) + " |")
     return "\n".join([*lines, *(["", *notes] if notes else [])])
-
-
-def machine_description() -> str:
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    system = f"{platform.system()} {platform.release()}"
-    return f"nproc={os.cpu_count()}, cpu={cpu}, {system}, python {platform.python_version()}"
 
 
 def write_markdown(
@@ -307,7 +302,9 @@ def write_markdown(
 - raw ORT: closed loop, one shared InferenceSession (intra_op_num_threads={intra}), N Python threads, \
 {args.ort_duration:g} s per concurrency
 - perf_analyzer: --measurement-interval {settings.measurement_interval_ms} ms, --stability-percentage \
-{settings.stability_percentage:g}, --max-trials {settings.max_trials}, no --shape hints; latency = client-side
+{settings.stability_percentage:g}, --max-trials {settings.max_trials}, no --shape hints; p50/p99 are client-side
+- server compute: perf_analyzer's server-side average (compute input + infer + output, from the model's statistics)
+- nproc cores are shared by perf_analyzer and the server (and, before them, the raw ORT loop)
 
 {table}
 """
@@ -342,6 +339,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--perf-timeout", type=float, default=90.0, help="hard limit per perf_analyzer run (s)"
     )
+    parser.add_argument(
+        "--no-server-stats",
+        action="store_true",
+        help="do not pass -v (perf_analyzer then skips the server's model statistics)",
+    )
     parser.add_argument("--ready-timeout", type=float, default=60.0, help="seconds to wait for server ready")
     parser.add_argument("--skip-raw", action="store_true", help="do not run the raw ORT baseline")
     parser.add_argument(
@@ -357,7 +359,11 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = (args.out_dir or REPO_ROOT / "bench" / "results" / f"serving_overhead-{stamp}").resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     settings = PerfSettings(
-        args.measurement_interval, args.stability_percentage, args.max_trials, args.perf_timeout
+        args.measurement_interval,
+        args.stability_percentage,
+        args.max_trials,
+        args.perf_timeout,
+        server_stats=not args.no_server_stats,
     )
     pa = perf_analyzer()
     results: list[Result] = []

@@ -119,7 +119,6 @@ class _Item:
     work: Work
     future: asyncio.Future[Result]
     pending: Pending | None = None
-    timer: asyncio.TimerHandle | None = None
     queue_ns: int = 0
     outcome: Result | BaseException | None = None
 
@@ -159,12 +158,13 @@ class DynamicBatcher(Scheduler):
     ) -> None:
         super().__init__(execute, instances, executor, on_execution)
         self.options = options
-        self.queue = queue or RequestQueue()
+        self.queue = queue if queue is not None else RequestQueue()
         self.clock = clock
         self.changed = asyncio.Event()
         self.workers: list[asyncio.Task[None]] = []
         self._released = 0  # preserve_ordering: next sequence number to answer
         self._finished: dict[int, _Item] = {}
+        self._timer: asyncio.TimerHandle | None = None
 
     async def start(self) -> None:
         self.workers = [
@@ -172,6 +172,8 @@ class DynamicBatcher(Scheduler):
         ]
 
     async def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
         for w in self.workers:
             w.cancel()
         await asyncio.gather(*self.workers, return_exceptions=True)
@@ -188,7 +190,7 @@ class DynamicBatcher(Scheduler):
         self.queue.put(pending, now, work.timeout_us)  # raises at once when the level is full
         item.pending = pending
         if pending.deadline_ns is not None:
-            item.timer = loop.call_later((pending.deadline_ns - now) / 1e9, self._on_deadline)
+            self._arm_timer()
         self.changed.set()
         try:
             return await asyncio.shield(item.future)
@@ -199,18 +201,28 @@ class DynamicBatcher(Scheduler):
                 self._finish(item, asyncio.CancelledError())
             raise
 
+    def _arm_timer(self) -> None:
+        """One timer for the queue's earliest deadline; re-armed after every expiry."""
+        deadline = self.queue.next_deadline()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if deadline is not None:
+            delay = max(0.0, (deadline - self.clock()) / 1e9) + 1e-4
+            self._timer = asyncio.get_running_loop().call_later(delay, self._on_deadline)
+
     def _on_deadline(self) -> None:
+        self._timer = None
         for pending in self.queue.expire(self.clock()):
             self._finish(
                 pending.payload, UnavailableError("request timed out in the queue (timeout expired)")
             )
+        self._arm_timer()
         self.changed.set()
 
     def _finish(self, item: _Item, outcome: Result | BaseException) -> None:
         if item.outcome is not None:
             return  # already answered (e.g. cancelled while its batch was running)
-        if item.timer is not None:
-            item.timer.cancel()
         item.outcome = outcome
         if not self.options.preserve_ordering or item.pending is None:
             _resolve(item)
