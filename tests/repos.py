@@ -26,6 +26,25 @@ DTYPES = {
 }
 
 
+# add_sub [batch, 4] models with scheduler settings (long delays make batching deterministic in tests)
+SCHEDULER_MODELS = {
+    # concurrent requests within 300 ms merge into one execution
+    "batched": "dynamic_batching { max_queue_delay_microseconds: 300000 }",
+    # one request waits 2 s for company; a second one finds the queue full
+    "queue_of_one": "dynamic_batching { max_queue_delay_microseconds: 2000000 "
+    "default_queue_policy { max_queue_size: 1 } }",
+    # requests wait up to 2 s for company but time out after 100 ms (or the request's own timeout)
+    "queue_timeout": "dynamic_batching { max_queue_delay_microseconds: 2000000 "
+    "default_queue_policy { timeout_action: REJECT default_timeout_microseconds: 100000 "
+    "allow_timeout_override: true } }",
+    # requests wait 1.5 s: long enough to cancel them or to send SIGTERM while they wait
+    "slow_queue": "dynamic_batching { max_queue_delay_microseconds: 1500000 }",
+    "prioritised": "dynamic_batching { priority_levels: 2 default_priority_level: 2 }",
+    "two_instances": "instance_group [ { count: 2 kind: KIND_CPU } ]",
+    "gpu_only": "instance_group [ { count: 1 kind: KIND_GPU } ]",
+}
+
+
 def build_test_repository(repo: Path) -> Path:
     """The example models plus: identity_<dtype> (no config: auto-completed, max_batch_size 4, dims [-1]),
     a non-batching model, a reshape model and a model with three versions."""
@@ -53,6 +72,8 @@ output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 6 ] reshape: { shape: [ 
     for v in (1, 2, 3):
         # version v adds v: OUTPUT0 = INPUT0 + INPUT1 where the test sends INPUT1 = v
         write_model(repo, "versioned", models.add_sub(["batch", 4]), versions_config, version=v)
+    for name, config in SCHEDULER_MODELS.items():
+        write_model(repo, name, models.add_sub(["batch", 4]), f'name: "{name}"\nmax_batch_size: 8\n{config}')
     write_model(repo, "latest_only", models.add_sub(["batch", 4]), None, version=1)
     write_model(repo, "latest_only", models.add_sub(["batch", 4]), None, version=7)
     return repo
@@ -65,7 +86,9 @@ def build_broken_repository(repo: Path) -> Path:
     garbage.mkdir(parents=True)
     (garbage / "model.onnx").write_bytes(b"this is not an onnx model")
     (repo / "garbage_file" / "config.pbtxt").write_text('backend: "onnxruntime"\n')
-    write_model(repo, "bad_config_syntax", models.add_sub([4]), 'name: "bad_config_syntax"\nmax_batch_size: [\n')
+    write_model(
+        repo, "bad_config_syntax", models.add_sub([4]), 'name: "bad_config_syntax"\nmax_batch_size: [\n'
+    )
     write_model(repo, "unknown_field", models.add_sub([4]), 'backend: "onnxruntime"\nno_such_field: 3\n')
     write_model(
         repo,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import Counter as Tally
 from dataclasses import dataclass, field
@@ -14,6 +15,8 @@ FAILURE_REASONS = ("REJECTED", "CANCELED", "BACKEND", "OTHER")
 
 
 def failure_reason(exc: BaseException) -> str:
+    if isinstance(exc, asyncio.CancelledError):  # the client went away
+        return "CANCELED"
     if isinstance(exc, KilnError):
         if exc.code in (ErrorCode.UNAVAILABLE, ErrorCode.RESOURCE_EXHAUSTED):
             return "REJECTED"

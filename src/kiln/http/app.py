@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import orjson
 from starlette.applications import Starlette
@@ -15,7 +17,7 @@ from starlette.routing import Route
 
 from kiln.config import config_to_dict
 from kiln.core import Core
-from kiln.errors import ErrorCode, InvalidArgumentError, KilnError, UnimplementedError
+from kiln.errors import CancelledError, ErrorCode, InvalidArgumentError, KilnError, UnimplementedError
 from kiln.http import codec
 
 log = logging.getLogger(__name__)
@@ -33,6 +35,7 @@ STATUS = {
     ErrorCode.INTERNAL: 500,
 }
 JSON = "application/json"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -115,7 +118,7 @@ def create_app(core: Core, options: HttpOptions | None = None) -> Starlette:
             request.path_params["model"],
             _version(request),
         )
-        response = await core.infer(infer_request)
+        response = await _unless_disconnected(request, core.infer(infer_request))
         binary_default = infer_request.parameters.get("binary_data_output") is True
         payload, header_len = codec.encode_infer_response(response, binary_default)
         headers = {}
@@ -179,6 +182,25 @@ async def _not_found(request: Request, exc: Exception) -> Response:
 
 async def _not_allowed(request: Request, exc: Exception) -> Response:
     return json_response({"error": f"method {request.method} is not allowed on {request.url.path}"}, 405)
+
+
+async def _unless_disconnected(request: Request, work: Coroutine[Any, Any, T]) -> T:
+    """Run ``work`` but cancel it if the client disconnects first (a queued request then leaves the queue)."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if not task.done():
+        task.cancel()
+        raise CancelledError("the client disconnected before its request finished")
+    return task.result()
+
+
+async def _disconnected(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 async def read_body(request: Request, limit: int) -> bytes:
