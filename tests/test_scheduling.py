@@ -240,3 +240,22 @@ def test_direct_scheduler_runs_one_request_per_instance() -> None:
         assert [float(r.outputs["y"][0, 0]) for r in results] == [0, 2, 4, 6]
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize(("threshold_ns", "inlined"), [(10_000_000, True), (0, False)])
+def test_fast_models_run_inline_after_being_measured(threshold_ns: int, inlined: bool) -> None:
+    async def main() -> None:
+        threads: list[int] = []
+
+        def fast(feeds: dict[str, np.ndarray], outputs: Sequence[str], instance: int) -> dict[str, np.ndarray]:
+            threads.append(threading.get_ident())
+            return {"y": feeds["x"]}
+
+        direct = DirectScheduler(fast, 1, ThreadPoolExecutor(1), lambda b: None, inline_below_ns=threshold_ns)
+        for v in range(12):
+            await direct.submit(work(v))
+        loop_thread = threading.get_ident()
+        assert all(t != loop_thread for t in threads[:8])  # measured on a worker thread first
+        assert all((t == loop_thread) is inlined for t in threads[8:])
+
+    asyncio.run(main())
