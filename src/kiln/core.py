@@ -25,6 +25,7 @@ from kiln.errors import (
     UnavailableError,
     UnimplementedError,
 )
+from kiln.latency import LatencyOptions
 from kiln.model import Model
 from kiln.repository import ModelRepository
 from kiln.scheduling import Scheduler, Work, make_scheduler
@@ -67,6 +68,7 @@ class CoreOptions:
     default_max_batch_size: int = 4
     strict_readiness: bool = True
     executor_threads: int = 32
+    latency: LatencyOptions | None = None
 
 
 @dataclass(frozen=True)
@@ -127,7 +129,7 @@ class Core:
                 status.state, status.reason = ModelState.UNAVAILABLE, f"unexpected error: {e}"
                 log.exception("failed to load model '%s' version %d", name, version)
                 continue
-            stats = ModelStats(name, str(version))
+            stats = ModelStats.create(name, str(version), self.options.latency)
             scheduler = make_scheduler(
                 model.config,
                 model.execute,

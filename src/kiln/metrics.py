@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
+from kiln.latency import LATENCY_KINDS
 from kiln.stats import FAILURE_REASONS, Duration, ModelStats
 
 _COUNTERS: list[tuple[str, str, Callable[[ModelStats], float]]] = [
@@ -61,6 +62,40 @@ class InferenceCollector(Collector):
         for s in all_stats:
             pending.add_sample(pending.name, {"model": s.name, "version": s.version}, s.pending)
         yield pending
+        yield from _latency_metrics(all_stats)
+
+
+def _latency_metrics(all_stats: Sequence[ModelStats]) -> Iterator[Metric]:
+    """Triton's summaries (nv_inference_request_summary_us, ...) and Kiln's histograms, when enabled."""
+    with_latency = [s for s in all_stats if s.latency]
+    if not with_latency:
+        return
+    options = with_latency[0].latency["request"].options
+    for kind in LATENCY_KINDS:
+        if options.summaries:
+            name = f"nv_inference_{kind}_summary_us"
+            summary = Metric(
+                name, f"Summary of {kind.replace('_', ' ')} durations in microseconds", "summary"
+            )
+            for s in with_latency:
+                window, labels = s.latency[kind], {"model": s.name, "version": s.version}
+                for q, value in window.quantiles().items():
+                    summary.add_sample(name, {**labels, "quantile": str(q)}, value)
+                summary.add_sample(name + "_count", labels, window.count)
+                summary.add_sample(name + "_sum", labels, window.total_us)
+            yield summary
+        if options.histograms:
+            name = f"kiln_inference_{kind}_duration_histogram_us"
+            hist = Metric(
+                name, f"Histogram of {kind.replace('_', ' ')} durations in microseconds", "histogram"
+            )
+            for s in with_latency:
+                window, labels = s.latency[kind], {"model": s.name, "version": s.version}
+                for bound, count in window.cumulative_buckets():
+                    hist.add_sample(name + "_bucket", {**labels, "le": bound}, count)
+                hist.add_sample(name + "_count", labels, window.count)
+                hist.add_sample(name + "_sum", labels, window.total_us)
+            yield hist
 
 
 def build_registry(stats: Callable[[], Sequence[ModelStats]]) -> CollectorRegistry:

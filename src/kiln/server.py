@@ -20,6 +20,7 @@ from kiln.core import Core, CoreOptions
 from kiln.errors import KilnError
 from kiln.grpc.servicer import InferenceServicer
 from kiln.http.app import HttpOptions, create_app
+from kiln.latency import LatencyOptions
 from kiln.metrics import build_registry
 from kiln.repository import ModelRepository
 
@@ -43,6 +44,7 @@ class ServerOptions:
     http_max_input_bytes: int = 64 * 1024 * 1024
     grpc_max_message_bytes: int = 2**31 - 1
     shutdown_timeout_s: float = 30.0
+    metrics_config: list[str] = field(default_factory=list)
 
 
 class _Uvicorn(uvicorn.Server):
@@ -67,6 +69,7 @@ async def serve(options: ServerOptions, stop: asyncio.Event | None = None) -> No
             auto_complete=options.auto_complete,
             default_max_batch_size=options.default_max_batch_size,
             strict_readiness=options.strict_readiness,
+            latency=LatencyOptions.parse(options.metrics_config),
         ),
     )
     loop = asyncio.get_running_loop()

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kiln.errors import ErrorCode, KilnError
+from kiln.latency import LATENCY_KINDS, LatencyOptions, LatencyWindow
 
 # Triton's failure reasons (label `reason` of nv_inference_request_failure)
 FAILURE_REASONS = ("REJECTED", "CANCELED", "BACKEND", "OTHER")
@@ -63,6 +64,14 @@ class ModelStats:
     execution_count: int = 0
     last_inference_ms: int = 0
     pending: int = 0
+    latency: dict[str, LatencyWindow] = field(default_factory=dict)  # kind -> window, when enabled
+
+    @classmethod
+    def create(cls, name: str, version: str, latency: LatencyOptions | None = None) -> ModelStats:
+        stats = cls(name, version)
+        if latency is not None and latency.enabled:
+            stats.latency = {kind: LatencyWindow(latency) for kind in LATENCY_KINDS}
+        return stats
 
     def record_success(self, total_ns: int, queue_ns: int, input_ns: int, infer_ns: int, output_ns: int,
                        batch_size: int) -> None:  # fmt: skip
@@ -71,6 +80,11 @@ class ModelStats:
         self.compute_input.add(input_ns)
         self.compute_infer.add(infer_ns)
         self.compute_output.add(output_ns)
+        if self.latency:
+            for kind, ns in zip(
+                LATENCY_KINDS, (total_ns, queue_ns, input_ns, infer_ns, output_ns), strict=True
+            ):
+                self.latency[kind].add(ns / 1000)
         self.inference_count += batch_size
         self.last_inference_ms = int(time.time() * 1000)
 

@@ -86,6 +86,14 @@ def add_parser(sub: Any) -> None:
         help="largest gRPC message sent or received (default 2 GiB - 1)",
     )
     p.add_argument(
+        "--metrics-config",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="summary_latencies=true (Triton's latency summaries with quantiles), "
+        "summary_quantiles=0.5:0.05,0.99:0.001, summary_max_age=SECONDS, histogram_latencies=true",
+    )
+    p.add_argument(
         "--exit-timeout-secs", type=float, default=30.0, help="how long shutdown waits for in-flight requests"
     )
     p.add_argument(
@@ -128,5 +136,6 @@ def run(args: argparse.Namespace) -> int:
         http_max_input_bytes=args.http_max_input_size,
         grpc_max_message_bytes=args.grpc_max_message_size,
         shutdown_timeout_s=args.exit_timeout_secs,
+        metrics_config=list(args.metrics_config),
     )
     return run_server(options)
