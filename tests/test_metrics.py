@@ -60,3 +60,19 @@ def test_bad_metrics_config_is_a_startup_error(test_repo: Path, tmp_path: Path) 
     finally:
         server.stop()
     assert "KEY=VALUE" in server.log()
+
+
+def test_grafana_dashboard_only_uses_metrics_the_server_exposes(test_repo: Path, tmp_path: Path) -> None:
+    import json
+    import re
+
+    dashboard = json.loads((Path(__file__).parent.parent / "docs/grafana/kiln-dashboard.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    used = {m for e in exprs for m in re.findall(r"\b((?:nv|process|kiln)_[a-z_]+)", e)}
+    extra = ["--metrics-config", "summary_latencies=true", "--metrics-config", "histogram_latencies=true"]
+    with KilnProcess([test_repo], "--strict-readiness", "false", *extra, log_dir=tmp_path) as server:
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=5) as r:
+            exposed = {
+                line.split("{")[0].split(" ")[0] for line in r.read().decode().splitlines() if line[:1] != "#"
+            }
+    assert used and used <= exposed, used - exposed
