@@ -9,8 +9,9 @@ import onnx
 from onnx import TensorProto
 
 from kiln.examples import models
+from kiln.vision import zoo
 
-EXAMPLE_VERSION = "1"  # bump when the generated repository changes
+EXAMPLE_VERSION = "2"  # bump when the generated repository changes
 
 CIFAR10_LABELS = [
     "airplane",
@@ -60,9 +61,16 @@ def write_model(repo: Path, name: str, model: onnx.ModelProto, config: str | Non
     return model_dir
 
 
-def build_example_repository(repo: Path) -> Path:
-    """Write the example repository: add_sub, image_classifier (+labels), and string_identity (no config:
-    auto-completed from the model file)."""
+def _marker(real_classifier: bool) -> str:
+    """What the generated repository holds: the version, and whether the real classifier is in it."""
+    return EXAMPLE_VERSION + (f"+{zoo.CLASSIFIER}" if real_classifier else "")
+
+
+def build_example_repository(repo: Path, real_classifier: bool = False) -> Path:
+    """Write the example repository: add_sub, image_classifier (+labels), string_identity (no config:
+    auto-completed from the model file) and, with ``real_classifier`` (needs the ``examples`` extra),
+    efficientnet_lite0: EfficientNet-Lite0 with its ImageNet weights, exported to ONNX here (a few seconds,
+    no downloads)."""
     repo.mkdir(parents=True, exist_ok=True)
     write_model(repo, "add_sub", models.add_sub(["batch", 16]), ADD_SUB_CONFIG)
     classifier_dir = write_model(repo, "image_classifier", models.image_classifier(), CLASSIFIER_CONFIG)
@@ -70,18 +78,22 @@ def build_example_repository(repo: Path) -> Path:
     write_model(
         repo, "string_identity", models.identity(TensorProto.STRING, ["batch", 1], "string_identity"), None
     )
-    (repo / ".kiln-example").write_text(EXAMPLE_VERSION)
+    if real_classifier:
+        zoo.write_classifier(repo)
+    (repo / ".kiln-example").write_text(_marker(real_classifier))
     return repo
 
 
 def default_repository() -> Path:
-    """The example repository in the user's cache, (re)generated when missing or out of date."""
+    """The example repository in the user's cache, (re)generated when missing or out of date; with the real
+    classifier whenever the ``examples`` extra is installed (``make setup`` installs it)."""
     base = Path(
         os.environ.get("KILN_CACHE_DIR")
         or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "kiln"
     )
     repo = base / "example-repository"
     marker = repo / ".kiln-example"
-    if not marker.exists() or marker.read_text().strip() != EXAMPLE_VERSION:
-        build_example_repository(repo)
+    real_classifier = zoo.classifier_available()
+    if not marker.exists() or marker.read_text().strip() != _marker(real_classifier):
+        build_example_repository(repo, real_classifier)
     return repo
