@@ -18,6 +18,12 @@ _REGISTRY: dict[str, tuple[str, str, tuple[str, ...], tuple[str, ...]]] = {
         ("onnxruntime_onnx",),
         ("model.onnx",),
     ),
+    "openvino": (
+        "kiln.backends.openvino",
+        "OpenVinoBackend",
+        ("openvino",),
+        ("model.xml",),
+    ),
 }
 # Known to Triton, not (yet) served by Kiln: refused with a clear message instead of a vague failure.
 _NOT_YET = {
@@ -27,7 +33,7 @@ _NOT_YET = {
     "pytorch_libtorch": "pytorch",
     "ensemble": "ensemble",
 }
-_NOT_YET_BACKENDS = {"tensorrt", "tensorflow", "pytorch", "python", "openvino", "ensemble", "fil", "dali"}
+_NOT_YET_BACKENDS = {"tensorrt", "tensorflow", "pytorch", "python", "ensemble", "fil", "dali"}
 
 
 def backend_name(config: model_config_pb2.ModelConfig, model_dir: Path) -> str:

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from kiln import __version__
-from kiln.cli import serve
+from kiln.cli import bench, build, serve
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,6 +19,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"kiln {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     serve.add_parser(sub)
+    build.add_parser(sub)
+    bench.add_parser(sub)
     return parser
 
 

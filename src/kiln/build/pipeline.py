@@ -1,0 +1,374 @@
+"""``kiln build``: parse -> optimise -> precision -> profiles -> accuracy gate -> write, each stage reported."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from kiln.build import parse
+from kiln.build.accuracy import AccuracyGateError, AccuracyReport, compare, gate
+from kiln.build.data import Dataset, graph_inputs, load_dataset, random_dataset
+from kiln.build.optimize import OptimizationLevel, optimize
+from kiln.build.options import BuildOptions, Device, Precision, Target
+from kiln.build.profiles import ResolvedProfile, resolve_profile
+from kiln.build.report import Reporter
+from kiln.build.speed import SpeedReport, measure_batches
+from kiln.build.write import (
+    ConfigSpec,
+    install,
+    make_config,
+    next_version,
+    remove,
+    sha256,
+    staging_dir,
+    tool_versions,
+)
+from kiln.errors import InvalidArgumentError
+from kiln.perf.runners import OpenVinoRunner, OrtRunner, Runner, gpu_providers, import_openvino
+
+
+@dataclass
+class Candidate:
+    precision: Precision
+    files: Path  # a folder holding model.onnx or model.xml (+ .bin)
+    runner: Runner
+    accuracy: AccuracyReport | None = None
+    speed: SpeedReport | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return self.accuracy is not None and self.accuracy.passed
+
+
+@dataclass
+class BuildResult:
+    model_dir: Path
+    version_dir: Path
+    artifact: Path
+    precision: Precision
+    manifest: dict[str, Any]
+    accuracy: AccuracyReport
+    config_text: str
+
+
+def build(options: BuildOptions, reporter: Reporter | None = None) -> BuildResult:
+    """Build ``options.source`` into ``options.output`` (REPO/NAME). Raises AccuracyGateError, with nothing
+    written, when the artifact is outside the tolerance (unless ``accept_accuracy_drop``)."""
+    reporter = reporter or Reporter(progress=options.progress)
+    started = time.time()
+    output = Path(options.output)
+    if not output.name or output.name.startswith("."):
+        raise InvalidArgumentError(f"-o {output}: expected REPO/NAME, the model folder to write")
+    providers = _device_check(options)
+    version = next_version(output, options.version)
+
+    with reporter.stage("parse") as record:
+        source = parse.load_source(options.source, options.example_shapes, record)
+    inputs = graph_inputs(source)
+    with reporter.stage("profiles") as record:
+        profile = resolve_profile(inputs, options.profile, options.max_batch_size, record)
+    batch = 8 if profile.max_batch_size >= 8 else max(1, profile.max_batch_size)
+    with reporter.stage("data") as record:
+        calibration, validation = _datasets(options, inputs, profile, record)
+
+    work = Path(tempfile.mkdtemp(prefix="kiln-build-"))
+    try:
+        with reporter.stage("optimise") as record:
+            base = optimize(source, OptimizationLevel.BASIC, record) if options.optimize else source
+        extended: onnx.ModelProto | None = None
+        reference = OrtRunner(source.SerializeToString(), options.threads, name="fp32 reference")
+        precisions = (
+            [options.precision] if options.precision is not Precision.BEST else _best_candidates(calibration)
+        )
+        candidates = []
+        for precision in precisions:
+            if (
+                precision is Precision.FP32
+                and options.target is Target.ONNXRUNTIME
+                and options.optimize
+                and (options.device is Device.CPU)
+            ):
+                if extended is None:
+                    with reporter.stage("fuse") as record:
+                        extended = optimize(source, OptimizationLevel.EXTENDED, record)
+                model = extended
+            else:
+                model = base
+            candidate = _make_candidate(
+                precision, model, calibration, profile, options, work, reporter, providers
+            )
+            with reporter.stage(f"accuracy {precision.value}") as record:
+                candidate.accuracy = compare(reference.run, candidate.runner.run, validation, batch, reporter)
+                failures = gate(candidate.accuracy, options.tolerance_for(precision))
+                record.details["samples"] = candidate.accuracy.samples
+                record.details["passed"] = not failures
+                reporter.note(candidate.accuracy.summary())
+                for failure in failures:
+                    reporter.note(failure, style="red")
+            if options.benchmark or options.precision is Precision.BEST:
+                with reporter.stage(f"speed {precision.value}") as record:
+                    candidate.speed = measure_batches(candidate.runner, profile, reporter)
+                    record.details.update(candidate.speed.summary())
+            candidates.append(candidate)
+        chosen = _choose(candidates, options)
+        return _write(chosen, candidates, source, profile, options, version, started, reporter)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _device_check(options: BuildOptions) -> list[object] | None:
+    if options.target is Target.OPENVINO:
+        import_openvino()  # a missing extra is a clear error before any work
+    if options.device is Device.GPU:
+        if options.target is not Target.ONNXRUNTIME:
+            raise InvalidArgumentError("--device gpu is available for --target onnxruntime only")
+        return gpu_providers()
+    return None
+
+
+def _best_candidates(calibration: Dataset) -> list[Precision]:
+    if len(calibration) == 0:
+        raise InvalidArgumentError("--precision best tries INT8 too, which needs --calibration-data")
+    return [Precision.FP32, Precision.FP16, Precision.INT8]
+
+
+def _datasets(
+    options: BuildOptions, inputs: list, profile: ResolvedProfile, record: Any
+) -> tuple[Dataset, Dataset]:
+    cal_opts = options.calibration
+    calibration = Dataset([])
+    validation: Dataset | None = None
+    if cal_opts.data is not None:
+        full = load_dataset(cal_opts.data, inputs, cal_opts.preprocessing, cal_opts.max_samples)
+        if options.validation_data is None:
+            calibration, validation = full.split(cal_opts.holdout_fraction)
+        else:
+            calibration = full
+    if options.validation_data is not None:
+        validation = load_dataset(options.validation_data, inputs, cal_opts.preprocessing, None)
+    needs_calibration = options.precision in (Precision.INT8,)
+    if needs_calibration and len(calibration) == 0:
+        raise InvalidArgumentError(
+            "--precision int8 needs --calibration-data (a folder of .npy/.npz or images)"
+        )
+    if validation is None or len(validation) == 0:
+        validation = random_dataset(inputs, profile.opt_shapes, options.validation_samples, options.seed)
+        record.details["validation"] = f"{len(validation)} random samples (no validation data given)"
+    else:
+        record.details["validation"] = f"{len(validation)} samples" + (
+            " with labels" if validation.labels is not None else ""
+        )
+    record.details["calibration"] = f"{len(calibration)} samples"
+    return calibration, validation
+
+
+def _make_candidate(
+    precision: Precision,
+    model: onnx.ModelProto,
+    calibration: Dataset,
+    profile: ResolvedProfile,
+    options: BuildOptions,
+    work: Path,
+    reporter: Reporter,
+    providers: list[object] | None,
+) -> Candidate:
+    folder = work / precision.value
+    folder.mkdir()
+    batchable = profile.max_batch_size > 0
+    with reporter.stage(f"precision {precision.value}") as record:
+        if options.target is Target.OPENVINO:
+            from kiln.build.openvino import build_ir
+
+            xml = build_ir(
+                model, precision, calibration, options.calibration, batchable, folder, reporter, record
+            )
+            runner: Runner = OpenVinoRunner(
+                xml,
+                options.threads,
+                name=f"openvino {precision.value}",
+                inference_precision=_ov_precision(precision),
+            )
+        else:
+            from kiln.build import precision as prec
+
+            if precision is Precision.FP16:
+                model = prec.to_fp16(model, options.fp16_keep_io_types, options.calibration.keep_fp32, record)
+            elif precision is Precision.INT8:
+                model = prec.to_int8(model, calibration, options.calibration, batchable, reporter, record)
+            path = folder / "model.onnx"
+            onnx.save(model, str(path))
+            runner = OrtRunner(
+                path, options.threads, name=f"onnxruntime {precision.value}", providers=providers
+            )
+            record.details["nodes"] = len(model.graph.node)
+        size = sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
+        record.details["size_mb"] = round(size / 1e6, 3)
+    return Candidate(precision, folder, runner, details=dict(record.details))
+
+
+def _choose(candidates: list[Candidate], options: BuildOptions) -> Candidate:
+    if options.precision is Precision.BEST:
+        passing = [c for c in candidates if c.passed]
+        if not passing:
+            if not options.accept_accuracy_drop:
+                raise AccuracyGateError(
+                    "no precision passed the accuracy gate; nothing was written: "
+                    + " | ".join(
+                        f"{c.precision.value}: {'; '.join(c.accuracy.failures)}"
+                        for c in candidates
+                        if c.accuracy
+                    )
+                )
+            passing = candidates
+        return max(passing, key=lambda c: c.speed.best_throughput if c.speed else 0.0)
+    (candidate,) = candidates
+    if not candidate.passed and not options.accept_accuracy_drop:
+        assert candidate.accuracy is not None
+        raise AccuracyGateError(
+            f"{candidate.precision.value} artifact failed the accuracy gate; nothing was written: "
+            + "; ".join(candidate.accuracy.failures)
+            + " (loosen --tolerance or pass --accept-accuracy-drop)"
+        )
+    return candidate
+
+
+def _write(
+    chosen: Candidate,
+    candidates: list[Candidate],
+    source: onnx.ModelProto,
+    profile: ResolvedProfile,
+    options: BuildOptions,
+    version: int,
+    started: float,
+    reporter: Reporter,
+) -> BuildResult:
+    output = Path(options.output)
+    assert chosen.accuracy is not None
+    with reporter.stage("write") as record:
+        speed = chosen.speed
+        spec = ConfigSpec(
+            name=output.name,
+            target=options.target,
+            device=options.device,
+            precision=chosen.precision,
+            inputs=chosen.runner.inputs,
+            outputs=chosen.runner.outputs,
+            max_batch_size=profile.max_batch_size,
+            preferred_batch_sizes=speed.preferred_batch_sizes if speed else (),
+            max_queue_delay_us=speed.queue_delay_us if speed else 500,
+            threads=options.threads,
+            inference_precision=_ov_precision(chosen.precision)
+            if options.target is Target.OPENVINO
+            else None,
+            profile_min=options.profile.min or None,
+            profile_opt=options.profile.opt or None,
+            profile_max=options.profile.max or None,
+        )
+        config = make_config(spec)
+        staged = staging_dir(output)
+        try:
+            version_dir = staged / str(version)
+            shutil.copytree(chosen.files, version_dir)
+            if options.target is Target.OPENVINO:
+                _warm_cache(version_dir, output, options, chosen.precision)
+            artifact = version_dir / ("model.xml" if options.target is Target.OPENVINO else "model.onnx")
+            manifest = _manifest(chosen, candidates, source, artifact, options, version, started, reporter)
+            target = install(version_dir, output, version, config, manifest)
+        finally:
+            remove(staged)
+        record.details["path"] = str(target)
+        record.details["precision"] = chosen.precision.value
+    from kiln.build.write import config_text
+
+    return BuildResult(
+        output,
+        target,
+        target / artifact.name,
+        chosen.precision,
+        manifest,
+        chosen.accuracy,
+        config_text(config),
+    )
+
+
+def _ov_precision(precision: Precision) -> str | None:
+    return "f32" if precision is Precision.FP32 else None
+
+
+def _warm_cache(
+    version_dir: Path, model_dir: Path, options: BuildOptions, options_precision: Precision
+) -> None:
+    """Compile once with the model's cache folder so the server's first load reuses the compiled blob."""
+    from kiln.build.write import OV_CACHE_DIR
+
+    OpenVinoRunner(
+        version_dir / "model.xml",
+        options.threads,
+        cache_dir=model_dir / OV_CACHE_DIR,
+        inference_precision=_ov_precision(options_precision),
+    )
+
+
+def _manifest(
+    chosen: Candidate,
+    candidates: list[Candidate],
+    source: onnx.ModelProto,
+    artifact: Path,
+    options: BuildOptions,
+    version: int,
+    started: float,
+    reporter: Reporter,
+) -> dict[str, Any]:
+    from kiln.perf.bench import host
+
+    def opts(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: opts(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [opts(v) for v in value]
+        if isinstance(value, Path):
+            return str(value)
+        return getattr(value, "value", value)
+
+    return {
+        "kiln_build": 1,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "build_seconds": round(time.time() - started, 3),
+        "source": {"path": str(Path(options.source).resolve()), "sha256": sha256(Path(options.source))},
+        "artifact": {
+            "file": artifact.name,
+            "sha256": sha256(artifact),
+            "size_bytes": sum(f.stat().st_size for f in artifact.parent.iterdir() if f.is_file()),
+            "version": version,
+            "target": options.target.value,
+            "device": options.device.value,
+            "precision": chosen.precision.value,
+        },
+        "tools": tool_versions(),
+        "host": host(),
+        "options": opts(asdict(options)),
+        "stages": [
+            {"name": s.name, "seconds": round(s.seconds, 4), "details": s.details} for s in reporter.stages
+        ],
+        "candidates": [
+            {
+                "precision": c.precision.value,
+                "passed": c.passed,
+                "accuracy": c.accuracy.to_dict() if c.accuracy else None,
+                "speed": c.speed.to_dict() if c.speed else None,
+                "chosen": c is chosen,
+            }
+            for c in candidates
+        ],
+        "accuracy": chosen.accuracy.to_dict() if chosen.accuracy else None,
+        "speed": chosen.speed.to_dict() if chosen.speed else None,
+        "source_nodes": len(source.graph.node),
+    }

@@ -1,0 +1,154 @@
+"""Stage 3, precision for the ONNX Runtime target: FP16 through ONNX Runtime's float16 converter, INT8 through
+``onnxruntime.quantization.quantize_static`` (QDQ) with a calibration data reader. No home-made quantiser."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from kiln.build.data import Dataset, Sample
+from kiln.build.options import CalibrationMethod, CalibrationOptions
+from kiln.build.report import Reporter, StageRecord
+from kiln.errors import InvalidArgumentError
+
+CALIBRATION_BATCH = 8
+
+
+def matching_nodes(model: onnx.ModelProto, patterns: tuple[str, ...]) -> list[str]:
+    """Node names matching ``patterns`` (a node name or an op type each); unknown patterns are an error."""
+    names = []
+    for pattern in patterns:
+        found = [n.name for n in model.graph.node if pattern in (n.name, n.op_type)]
+        if not found:
+            raise InvalidArgumentError(
+                f"--keep-fp32 '{pattern}' matches no node name or op type of the optimised model "
+                f"(node names: {', '.join(n.name for n in model.graph.node[:12])}...)"
+            )
+        names.extend(found)
+    return sorted(set(names))
+
+
+def to_fp16(
+    model: onnx.ModelProto, keep_io_types: bool, keep_fp32: tuple[str, ...], record: StageRecord
+) -> onnx.ModelProto:
+    from onnxruntime.transformers import float16
+
+    blocked = matching_nodes(model, keep_fp32) if keep_fp32 else []
+    try:
+        converted = float16.convert_float_to_float16(
+            model, keep_io_types=keep_io_types, node_block_list=blocked or None, disable_shape_infer=False
+        )
+    except Exception as e:
+        raise InvalidArgumentError(f"FP16 conversion failed: {e}") from None
+    fp16_inits = sum(1 for t in converted.graph.initializer if t.data_type == onnx.TensorProto.FLOAT16)
+    record.details["fp16_initializers"] = fp16_inits
+    record.details["kept_fp32_nodes"] = len(blocked)
+    record.details["io_types"] = "fp32" if keep_io_types else "fp16"
+    return converted
+
+
+class _Reader:
+    """``onnxruntime.quantization.CalibrationDataReader`` over a Dataset, batched, with a progress bar."""
+
+    def __init__(self, batches: list[Sample], reporter: Reporter) -> None:
+        self._iter: Iterator[Sample] = reporter.track(iter(batches), len(batches), "calibrating")
+
+    def get_next(self) -> Sample | None:
+        return next(self._iter, None)
+
+
+def to_int8(
+    model: onnx.ModelProto,
+    calibration: Dataset,
+    options: CalibrationOptions,
+    batchable: bool,
+    reporter: Reporter,
+    record: StageRecord,
+) -> onnx.ModelProto:
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import CalibrationMethod as OrtMethod
+
+    if len(calibration) == 0:
+        raise InvalidArgumentError("INT8 needs calibration samples: give --calibration-data")
+    method = {
+        CalibrationMethod.ENTROPY: OrtMethod.Entropy,
+        CalibrationMethod.MINMAX: OrtMethod.MinMax,
+        CalibrationMethod.PERCENTILE: OrtMethod.Percentile,
+    }[options.method or CalibrationMethod.ENTROPY]
+    excluded = matching_nodes(model, options.keep_fp32) if options.keep_fp32 else []
+    # ORT's histogram calibrators stack per-batch outputs, so every batch must have the same size: full
+    # batches only (a remainder smaller than a batch is left out), or batches of one for small sets.
+    size = CALIBRATION_BATCH if batchable and len(calibration) >= CALIBRATION_BATCH else 1
+    batches = [b for b in calibration.batches(size) if len(next(iter(b.values()))) == size]
+
+    class Reader(_Reader, CalibrationDataReader):
+        pass
+
+    extra = {
+        "CalibPercentile": options.percentile,
+        "ActivationSymmetric": False,
+        "WeightSymmetric": True,
+        "CalibTensorRangeSymmetric": False,
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "int8.onnx"
+        try:
+            with _quiet():
+                quantize_static(
+                    model,
+                    str(out),
+                    Reader(batches, reporter),
+                    quant_format=QuantFormat.QDQ,
+                    per_channel=options.per_channel,
+                    # U8 activations x S8 weights: the VNNI/AVX-512 integer kernels' native form on x86
+                    activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QInt8,
+                    nodes_to_exclude=excluded or None,
+                    calibrate_method=method,
+                    calibration_providers=["CPUExecutionProvider"],
+                    extra_options=extra,
+                )
+        except InvalidArgumentError:
+            raise
+        except Exception as e:
+            raise InvalidArgumentError(f"INT8 quantisation failed: {type(e).__name__}: {e}") from None
+        quantized = onnx.load(str(out))
+    ops = [n.op_type for n in quantized.graph.node]
+    record.details["method"] = (options.method or CalibrationMethod.ENTROPY).value
+    record.details["calibration_samples"] = len(batches) * size
+    record.details["per_channel"] = options.per_channel
+    record.details["quantize_nodes"] = ops.count("QuantizeLinear")
+    record.details["dequantize_nodes"] = ops.count("DequantizeLinear")
+    record.details["kept_fp32_nodes"] = len(excluded)
+    record.details["int8_weights"] = sum(
+        1 for t in quantized.graph.initializer if t.data_type == onnx.TensorProto.INT8 and len(t.dims) > 1
+    )
+    return quantized
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """onnxruntime.quantization prints progress and logs advice on the root logger; our stages report it."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        root.setLevel(level)
+
+
+def weight_bytes(model: onnx.ModelProto) -> int:
+    return sum(int(np.prod(t.dims, dtype=np.int64)) * _itemsize(t.data_type) for t in model.graph.initializer)
+
+
+def _itemsize(data_type: int) -> int:
+    return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(data_type)).itemsize

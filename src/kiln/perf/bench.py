@@ -1,0 +1,112 @@
+"""``kiln bench``: load one artifact (or two, with --compare), warm up, time, and report."""
+
+from __future__ import annotations
+
+import gc
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kiln.errors import InvalidArgumentError
+from kiln.perf.measure import LatencyStats, MemorySampler, make_feeds, rss_bytes, time_runs
+from kiln.perf.runners import default_threads, open_runner, resolve
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    artifacts: tuple[Path, ...]  # one, or two to compare side by side
+    iterations: int | None = None  # a fixed count of timed runs, else --duration
+    duration_s: float = 3.0
+    warmup_s: float = 0.5
+    batch: int = 1
+    threads: int | None = None  # None: the artifact's config.pbtxt, else every core
+    shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    rounds: int = 1  # with several artifacts, alternate A, B, A, B ... this many times
+    seed: int = 0
+
+
+@dataclass
+class BenchResult:
+    label: str  # the artifact as given
+    artifact: str
+    backend: str
+    threads: int
+    batch: int
+    size_mb: float
+    load_s: float
+    peak_memory_mb: float
+    latency: LatencyStats
+
+    def to_dict(self, with_latencies: bool = False) -> dict[str, object]:
+        lat = {k: v for k, v in vars(self.latency).items() if with_latencies or k != "latencies_ms"}
+        return {**{k: v for k, v in vars(self).items() if k != "latency"}, "latency": lat}
+
+
+def artifact_size_mb(path: Path) -> float:
+    files = [path, path.with_suffix(".bin")] if path.suffix == ".xml" else [path]
+    files += list(path.parent.glob(f"{path.name}.data")) + list(path.parent.glob("*.onnx_data"))
+    return sum(f.stat().st_size for f in files if f.exists()) / 1e6
+
+
+def bench(options: BenchOptions) -> list[BenchResult]:
+    """Benchmark each artifact; with two, their timed runs alternate in ``rounds`` so drift hits both."""
+    if not options.artifacts:
+        raise InvalidArgumentError("nothing to benchmark: give an artifact or a repository model folder")
+    if options.batch < 1:
+        raise InvalidArgumentError("--batch must be >= 1")
+    loaded = []
+    for path in options.artifacts:
+        artifact = resolve(path)
+        gc.collect()
+        with MemorySampler() as memory:
+            t0 = time.perf_counter()
+            runner = open_runner(artifact, options.threads, name=str(path))
+            load_s = time.perf_counter() - t0
+        memory.steady = rss_bytes() - memory.baseline
+        feeds = make_feeds(runner, options.batch, options.shapes, options.seed)
+        loaded.append((artifact, runner, feeds, load_s, memory))
+    latencies: list[list[float]] = [[] for _ in loaded]
+    walls = [0.0 for _ in loaded]
+    rounds = max(1, options.rounds)
+    iterations = None if options.iterations is None else max(1, options.iterations // rounds)
+    for _ in range(rounds):
+        for i, (_artifact, runner, feeds, _load, memory) in enumerate(loaded):
+            with MemorySampler() as during:
+                runs, wall = time_runs(
+                    runner, feeds, iterations, options.duration_s / rounds, options.warmup_s
+                )
+            latencies[i] += runs
+            walls[i] += wall
+            # memory this artifact holds plus what a run adds on top (other loaded artifacts don't count)
+            memory.peak = max(memory.peak, memory.baseline + memory.steady + during.peak - during.baseline)
+    results = []
+    for (artifact, _runner, _feeds, load_s, memory), lat, wall in zip(loaded, latencies, walls, strict=True):
+        results.append(
+            BenchResult(
+                label=_runner.name,
+                artifact=str(artifact.path),
+                backend=artifact.backend,
+                threads=options.threads or artifact.threads or default_threads(),
+                batch=options.batch,
+                size_mb=round(artifact_size_mb(artifact.path), 3),
+                load_s=load_s,
+                peak_memory_mb=memory.used_mb,
+                latency=LatencyStats.from_latencies(lat, options.batch, wall),
+            )
+        )
+    return results
+
+
+def host() -> dict[str, object]:
+    return {"machine": platform.machine(), "processor": _cpu_name(), "cores": default_threads()}
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()

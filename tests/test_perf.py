@@ -1,0 +1,85 @@
+"""kiln bench as a library: statistics, --compare, artifacts by file or repository folder, JSON and PNG."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kiln.build import BuildOptions, CalibrationOptions, Precision, build
+from kiln.errors import InvalidArgumentError
+from kiln.perf import BenchOptions, LatencyStats, bench
+from kiln.perf.report import print_results, results_json, write_histogram, write_json
+from test_build_models import mlp, save, transformer_block, write_samples
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    work = tmp_path_factory.mktemp("perf")
+    source = save(mlp(), work, "mlp.onnx")
+    write_samples(work / "cal", "features", (32,), 40)
+    common = {"benchmark": False, "progress": False, "calibration": CalibrationOptions(data=work / "cal")}
+    build(BuildOptions(source=source, output=work / "repo" / "fp32", threads=1, **common))  # type: ignore[arg-type]
+    build(BuildOptions(source=source, output=work / "repo" / "int8", precision=Precision.INT8, **common))  # type: ignore[arg-type]
+    save(transformer_block(), work, "block.onnx")
+    return work
+
+
+def test_latency_stats_are_ordered_percentiles() -> None:
+    stats = LatencyStats.from_latencies([i / 1000 for i in range(1, 101)], batch=4)
+    assert stats.min_ms == pytest.approx(1.0) and stats.max_ms == pytest.approx(100.0)
+    assert stats.median_ms == pytest.approx(50.5)
+    assert stats.p90_ms == pytest.approx(np.percentile(np.arange(1, 101), 90))
+    assert stats.min_ms <= stats.median_ms <= stats.p90_ms <= stats.p95_ms <= stats.p99_ms <= stats.max_ms
+    assert stats.throughput == pytest.approx(4 * 100 / sum(i / 1000 for i in range(1, 101)))
+
+
+def test_bench_one_artifact_by_folder_and_file(repo: Path) -> None:
+    (by_folder,) = bench(
+        BenchOptions(artifacts=(repo / "repo" / "fp32",), iterations=30, warmup_s=0.01, batch=4)
+    )
+    assert by_folder.latency.iterations == 30
+    assert by_folder.threads == 1  # from the generated config.pbtxt
+    assert by_folder.batch == 4 and by_folder.latency.throughput > 0
+    assert by_folder.size_mb > 0 and by_folder.peak_memory_mb >= 0
+    (by_file,) = bench(
+        BenchOptions(artifacts=(repo / "repo" / "fp32" / "1" / "model.onnx",), duration_s=0.2, warmup_s=0.01)
+    )
+    assert by_file.latency.total_s >= 0.2 and by_file.threads >= 1
+    assert by_file.latency.throughput <= by_file.latency.iterations / by_file.latency.total_s + 1e-6
+
+
+def test_compare_alternates_and_reports_ratios(
+    repo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    options = BenchOptions(
+        artifacts=(repo / "repo" / "fp32", repo / "repo" / "int8"), iterations=40, warmup_s=0.01, rounds=4
+    )
+    a, b = bench(options)
+    assert a.latency.iterations == 40 and b.latency.iterations == 40
+    doc = results_json([a, b])
+    ratio = doc["ratios_b_over_a"]["throughput"]  # type: ignore[index]
+    assert ratio == pytest.approx(b.latency.throughput / a.latency.throughput)
+    print_results([a, b])
+    out = capsys.readouterr().out
+    assert "B / A" in out and "p99" in out and "throughput" in out
+    write_json([a, b], tmp_path / "r.json")
+    saved = json.loads((tmp_path / "r.json").read_text())
+    assert len(saved["results"][0]["latency"]["latencies_ms"]) == 40
+    if importlib.util.find_spec("matplotlib") is not None:
+        write_histogram([a, b], tmp_path / "h.png")
+        assert (tmp_path / "h.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_dynamic_dims_need_shapes(repo: Path) -> None:
+    block = repo / "block.onnx"
+    with pytest.raises(InvalidArgumentError, match="--shapes"):
+        bench(BenchOptions(artifacts=(block,), iterations=2))
+    (result,) = bench(BenchOptions(artifacts=(block,), iterations=5, warmup_s=0.01, batch=2,
+                                   shapes={"hidden": (1, 7, 32)}))  # fmt: skip
+    assert result.latency.iterations == 5
+    with pytest.raises(InvalidArgumentError, match="does not exist"):
+        bench(BenchOptions(artifacts=(repo / "nope",)))
