@@ -23,9 +23,9 @@ echo "prepared efficientnet_lite0, layout_detector, text_segmenter in $REPO"
 SERVER=$!
 trap 'kill "$SERVER" 2>/dev/null; wait "$SERVER" 2>/dev/null || true' EXIT
 
-"$PY" - "$HTTP_PORT" "$SERVER" <<'PY'
+"$PY" - "$HTTP_PORT" "$SERVER" "$DEMO_DIR/server.log" <<'PY'
 import os, sys, time, urllib.request
-port, pid = sys.argv[1], int(sys.argv[2])
+port, pid, log = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 deadline = time.monotonic() + 120
 while time.monotonic() < deadline:
     try:
@@ -37,9 +37,9 @@ while time.monotonic() < deadline:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
-        sys.exit("kiln serve exited; see its log")
+        sys.exit(f"kiln serve exited; its log:\n{open(log).read()}")
     time.sleep(0.2)
-sys.exit("kiln serve was not ready in 120 s; see its log")
+sys.exit(f"kiln serve was not ready in 120 s; see {log}")
 PY
 echo "kiln serve is ready on 127.0.0.1:$HTTP_PORT (HTTP) and :$GRPC_PORT (gRPC); log: $DEMO_DIR/server.log"
 
