@@ -411,13 +411,24 @@ def test_grpc_stream_reports_errors_and_goes_on(stub: Stub) -> None:
             service_pb2.SystemSharedMemoryRegisterRequest(name="r", key="/k", byte_size=8),
         ),
         ("CudaSharedMemoryRegister", service_pb2.CudaSharedMemoryRegisterRequest(name="r", byte_size=8)),
-        ("RepositoryModelLoad", service_pb2.RepositoryModelLoadRequest(model_name="add_sub")),
         ("TraceSetting", service_pb2.TraceSettingRequest()),
     ],
 )
 def test_grpc_unimplemented(stub: Stub, method: str, request_pb: Any) -> None:
     code, message = grpc_error(stub, method, request_pb)
     assert (code, f"{method}:" in message, "not implemented" in message) == (Code.UNIMPLEMENTED, True, True)
+
+
+@pytest.mark.parametrize(
+    ("method", "request_pb"),
+    [
+        ("RepositoryModelLoad", service_pb2.RepositoryModelLoadRequest(model_name="add_sub")),
+        ("RepositoryModelUnload", service_pb2.RepositoryModelUnloadRequest(model_name="add_sub")),
+    ],
+)
+def test_grpc_repository_control_refused_in_mode_none(stub: Stub, method: str, request_pb: Any) -> None:
+    code, message = grpc_error(stub, method, request_pb)
+    assert code == Code.FAILED_PRECONDITION and "--model-control-mode none" in message
 
 
 # -- absurd shapes: refused by size checks, before any allocation ----------------------------------------------

@@ -19,6 +19,7 @@ class ErrorCode(enum.Enum):
     RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
     DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
     CANCELLED = "CANCELLED"
+    FAILED_PRECONDITION = "FAILED_PRECONDITION"
     INTERNAL = "INTERNAL"
 
 
@@ -68,6 +69,12 @@ class DeadlineExceededError(KilnError):
 
 class CancelledError(KilnError):
     code = ErrorCode.CANCELLED
+
+
+class FailedPreconditionError(KilnError):
+    """The request is valid but not allowed in the server's current mode (e.g. model control disabled)."""
+
+    code = ErrorCode.FAILED_PRECONDITION
 
 
 class InternalError(KilnError):

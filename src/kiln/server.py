@@ -21,8 +21,10 @@ from kiln.errors import KilnError
 from kiln.grpc.servicer import InferenceServicer
 from kiln.http.app import HttpOptions, create_app
 from kiln.latency import LatencyOptions
+from kiln.lifecycle import ControlMode, LifecycleOptions
 from kiln.metrics import build_registry
 from kiln.repository import ModelRepository
+from kiln.restricted import Restrictions
 
 log = logging.getLogger("kiln.server")
 
@@ -45,6 +47,12 @@ class ServerOptions:
     grpc_max_message_bytes: int = 2**31 - 1
     shutdown_timeout_s: float = 30.0
     metrics_config: list[str] = field(default_factory=list)
+    model_control_mode: str = "none"
+    repository_poll_secs: float = 15.0
+    load_models: list[str] = field(default_factory=list)
+    model_upload_max_bytes: int = 256 * 1024 * 1024
+    http_restricted_api: list[str] = field(default_factory=list)
+    grpc_restricted_protocol: list[str] = field(default_factory=list)
 
 
 class _Uvicorn(uvicorn.Server):
@@ -66,10 +74,16 @@ async def serve(options: ServerOptions, stop: asyncio.Event | None = None) -> No
     core = Core(
         repository,
         CoreOptions(
-            auto_complete=options.auto_complete,
-            default_max_batch_size=options.default_max_batch_size,
             strict_readiness=options.strict_readiness,
-            latency=LatencyOptions.parse(options.metrics_config),
+            lifecycle=LifecycleOptions(
+                mode=ControlMode(options.model_control_mode),
+                startup_models=tuple(options.load_models),
+                poll_interval_s=options.repository_poll_secs,
+                auto_complete=options.auto_complete,
+                default_max_batch_size=options.default_max_batch_size,
+                latency=LatencyOptions.parse(options.metrics_config),
+                max_upload_bytes=options.model_upload_max_bytes,
+            ),
         ),
     )
     loop = asyncio.get_running_loop()
@@ -77,7 +91,7 @@ async def serve(options: ServerOptions, stop: asyncio.Event | None = None) -> No
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
     try:
-        await core.load_all()
+        await core.start()
         failed = core.failed_models()
         if failed and options.exit_on_error:
             names = ", ".join(f"{e.name} ({e.reason or 'version failed'})" for e in failed)
@@ -100,7 +114,12 @@ async def _run_servers(core: Core, options: ServerOptions, stop: asyncio.Event) 
                     ("grpc.so_reuseport", 0),
                 ]
             )
-            service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(core), grpc_server)
+            service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
+                InferenceServicer(
+                    core, Restrictions.parse(options.grpc_restricted_protocol, "--grpc-restricted-protocol")
+                ),
+                grpc_server,
+            )
             address = f"{options.host}:{options.grpc_port}"
             try:
                 grpc_server.add_insecure_port(address)
@@ -109,7 +128,12 @@ async def _run_servers(core: Core, options: ServerOptions, stop: asyncio.Event) 
             await grpc_server.start()
             log.info("gRPC server listening on %s", address)
         if options.allow_http:
-            app = create_app(core, HttpOptions(max_input_bytes=options.http_max_input_bytes))
+            http_options = HttpOptions(
+                max_input_bytes=options.http_max_input_bytes,
+                max_upload_bytes=options.model_upload_max_bytes,
+                restrictions=Restrictions.parse(options.http_restricted_api, "--http-restricted-api"),
+            )
+            app = create_app(core, http_options)
             config = uvicorn.Config(
                 app,
                 host=options.host,
@@ -139,7 +163,7 @@ async def _run_servers(core: Core, options: ServerOptions, stop: asyncio.Event) 
             sock = bind_socket(options.host, options.metrics_port, "metrics")
             tasks.append(asyncio.create_task(metrics_server.serve(sockets=[sock])))
             log.info("metrics server listening on %s:%d/metrics", options.host, options.metrics_port)
-        log.info("Kiln is serving %d model(s)", len(core.models))
+        log.info("Kiln is serving %d model(s)", len(core.manager.models))
         await stop.wait()
         log.info("shutting down: no new requests, draining in-flight ones")
     finally:

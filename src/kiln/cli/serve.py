@@ -86,6 +86,44 @@ def add_parser(sub: Any) -> None:
         help="largest gRPC message sent or received (default 2 GiB - 1)",
     )
     p.add_argument(
+        "--model-control-mode",
+        choices=["none", "poll", "explicit"],
+        default="none",
+        help="none: load everything at start; poll: also apply repository changes every "
+        "--repository-poll-secs; explicit: load only --load-model and what the repository API asks",
+    )
+    p.add_argument("--repository-poll-secs", type=float, default=15.0, metavar="SECONDS")
+    p.add_argument(
+        "--load-model",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="explicit mode: model to load at start (repeatable; '*' loads all)",
+    )
+    p.add_argument(
+        "--model-upload-max-size",
+        type=int,
+        default=256 * 1024 * 1024,
+        metavar="BYTES",
+        help="largest total size of model files sent with a load request (default 256 MiB)",
+    )
+    p.add_argument(
+        "--http-restricted-api",
+        action="append",
+        default=[],
+        metavar="API[,API...]:KEY=VALUE",
+        help="only requests carrying header KEY: VALUE may use these HTTP APIs, e.g. "
+        "model-repository:admin-key=secret (APIs: health, metadata, inference, model-config, "
+        "model-repository, statistics)",
+    )
+    p.add_argument(
+        "--grpc-restricted-protocol",
+        action="append",
+        default=[],
+        metavar="API[,API...]:KEY=VALUE",
+        help="the same for gRPC, with KEY as request metadata",
+    )
+    p.add_argument(
         "--metrics-config",
         action="append",
         default=[],
@@ -137,5 +175,11 @@ def run(args: argparse.Namespace) -> int:
         grpc_max_message_bytes=args.grpc_max_message_size,
         shutdown_timeout_s=args.exit_timeout_secs,
         metrics_config=list(args.metrics_config),
+        model_control_mode=args.model_control_mode,
+        repository_poll_secs=args.repository_poll_secs,
+        load_models=list(args.load_model),
+        model_upload_max_bytes=args.model_upload_max_size,
+        http_restricted_api=list(args.http_restricted_api),
+        grpc_restricted_protocol=list(args.grpc_restricted_protocol),
     )
     return run_server(options)

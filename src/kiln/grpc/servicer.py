@@ -13,8 +13,10 @@ from google.protobuf import json_format
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from kiln.core import Core
-from kiln.errors import ErrorCode, KilnError
+from kiln.errors import ErrorCode, InvalidArgumentError, KilnError
 from kiln.grpc import converters
+from kiln.lifecycle import decode_file_overrides
+from kiln.restricted import NO_RESTRICTIONS, Restrictions
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +30,7 @@ STATUS = {
     ErrorCode.RESOURCE_EXHAUSTED: grpc.StatusCode.RESOURCE_EXHAUSTED,
     ErrorCode.DEADLINE_EXCEEDED: grpc.StatusCode.DEADLINE_EXCEEDED,
     ErrorCode.CANCELLED: grpc.StatusCode.CANCELLED,
+    ErrorCode.FAILED_PRECONDITION: grpc.StatusCode.FAILED_PRECONDITION,
     ErrorCode.INTERNAL: grpc.StatusCode.INTERNAL,
 }
 
@@ -41,49 +44,90 @@ def error_status(exc: Exception) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.INTERNAL, "internal server error"
 
 
-def guarded(fn: Method) -> Method:
-    """The one error mapping for unary methods: KilnError code -> gRPC status."""
+def _metadata(context: grpc.aio.ServicerContext) -> Callable[[str], str | None]:
+    def lookup(key: str) -> str | None:
+        for k, v in context.invocation_metadata() or ():
+            if k.lower() == key:
+                return v if isinstance(v, str) else v.decode("latin-1")
+        return None
 
-    @functools.wraps(fn)
-    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        try:
-            return await fn(self, request, context)
-        except Exception as e:
-            code, message = error_status(e)
-        await context.abort(code, message)
+    return lookup
 
-    return wrapper
+
+def guarded(api: str) -> Callable[[Method], Method]:
+    """The one error mapping for unary methods (KilnError code -> gRPC status), and the API restriction."""
+
+    def decorate(fn: Method) -> Method:
+        @functools.wraps(fn)
+        async def wrapper(self: InferenceServicer, request: Any, context: grpc.aio.ServicerContext) -> Any:
+            try:
+                self.restrictions.check(api, _metadata(context))
+                return await fn(self, request, context)
+            except Exception as e:
+                code, message = error_status(e)
+            await context.abort(code, message)
+
+        return wrapper
+
+    return decorate
 
 
 class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, core: Core) -> None:
+    def __init__(self, core: Core, restrictions: Restrictions = NO_RESTRICTIONS) -> None:
         self.core = core
+        self.restrictions = restrictions
 
-    @guarded
+    @guarded("model-repository")
+    async def RepositoryModelLoad(
+        self, request: Any, context: Any
+    ) -> service_pb2.RepositoryModelLoadResponse:
+        params = {
+            k: getattr(p, p.WhichOneof("parameter_choice") or "string_param")
+            for k, p in request.parameters.items()
+        }
+        config = params.get("config")
+        if config is not None and not isinstance(config, str):
+            raise InvalidArgumentError("'config' must be the model config as a JSON string")
+        await self.core.load_model(request.model_name, config, decode_file_overrides(params))
+        return service_pb2.RepositoryModelLoadResponse()
+
+    @guarded("model-repository")
+    async def RepositoryModelUnload(
+        self, request: Any, context: Any
+    ) -> service_pb2.RepositoryModelUnloadResponse:
+        dependents = (
+            request.parameters["unload_dependents"].bool_param
+            if "unload_dependents" in request.parameters
+            else False
+        )
+        await self.core.unload_model(request.model_name, dependents)
+        return service_pb2.RepositoryModelUnloadResponse()
+
+    @guarded("health")
     async def ServerLive(self, request: Any, context: Any) -> service_pb2.ServerLiveResponse:
         return service_pb2.ServerLiveResponse(live=self.core.is_live())
 
-    @guarded
+    @guarded("health")
     async def ServerReady(self, request: Any, context: Any) -> service_pb2.ServerReadyResponse:
         return service_pb2.ServerReadyResponse(ready=self.core.is_ready())
 
-    @guarded
+    @guarded("health")
     async def ModelReady(self, request: Any, context: Any) -> service_pb2.ModelReadyResponse:
         return service_pb2.ModelReadyResponse(ready=self.core.model_ready(request.name, request.version))
 
-    @guarded
+    @guarded("metadata")
     async def ServerMetadata(self, request: Any, context: Any) -> service_pb2.ServerMetadataResponse:
         return converters.server_metadata_to_pb(self.core.server_metadata())
 
-    @guarded
+    @guarded("metadata")
     async def ModelMetadata(self, request: Any, context: Any) -> service_pb2.ModelMetadataResponse:
         return converters.model_metadata_to_pb(self.core.model_metadata(request.name, request.version))
 
-    @guarded
+    @guarded("model-config")
     async def ModelConfig(self, request: Any, context: Any) -> service_pb2.ModelConfigResponse:
         return service_pb2.ModelConfigResponse(config=self.core.model_config(request.name, request.version))
 
-    @guarded
+    @guarded("inference")
     async def ModelInfer(self, request: Any, context: Any) -> service_pb2.ModelInferResponse:
         return await self._infer(request)
 
@@ -91,12 +135,12 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         response = await self.core.infer(converters.infer_request_from_pb(request))
         return converters.infer_response_to_pb(response)
 
-    @guarded
+    @guarded("statistics")
     async def ModelStatistics(self, request: Any, context: Any) -> service_pb2.ModelStatisticsResponse:
         stats = self.core.statistics(request.name, request.version)
         return json_format.ParseDict({"model_stats": stats}, service_pb2.ModelStatisticsResponse())
 
-    @guarded
+    @guarded("model-repository")
     async def RepositoryIndex(self, request: Any, context: Any) -> service_pb2.RepositoryIndexResponse:
         entry = service_pb2.RepositoryIndexResponse.ModelIndex
         rows = self.core.index(ready_only=request.ready)
@@ -108,6 +152,11 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         self, request_iterator: AsyncIterator[service_pb2.ModelInferRequest], context: Any
     ) -> AsyncIterator[service_pb2.ModelStreamInferResponse]:
         """Requests on one stream run concurrently; each answer (or its error) is sent as it completes."""
+        try:
+            self.restrictions.check("inference", _metadata(context))
+        except KilnError as e:
+            code, message = error_status(e)
+            await context.abort(code, message)
         queue: asyncio.Queue[service_pb2.ModelStreamInferResponse | None] = asyncio.Queue()
 
         async def handle(request: service_pb2.ModelInferRequest) -> None:
@@ -146,8 +195,6 @@ def _not_implemented(method: str, what: str) -> Method:
 
 
 for _method, _what in {
-    "RepositoryModelLoad": "loading models through the API",
-    "RepositoryModelUnload": "unloading models through the API",
     "SystemSharedMemoryStatus": "system shared memory",
     "SystemSharedMemoryRegister": "system shared memory",
     "SystemSharedMemoryUnregister": "system shared memory",

@@ -17,8 +17,10 @@ from starlette.routing import Route
 
 from kiln.config import config_to_dict
 from kiln.core import Core
-from kiln.errors import CancelledError, ErrorCode, InvalidArgumentError, KilnError, UnimplementedError
+from kiln.errors import CancelledError, ErrorCode, InvalidArgumentError, KilnError
 from kiln.http import codec
+from kiln.lifecycle import decode_file_overrides
+from kiln.restricted import NO_RESTRICTIONS, Restrictions
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +34,7 @@ STATUS = {
     ErrorCode.RESOURCE_EXHAUSTED: 429,
     ErrorCode.DEADLINE_EXCEEDED: 504,
     ErrorCode.CANCELLED: 499,
+    ErrorCode.FAILED_PRECONDITION: 400,
     ErrorCode.INTERNAL: 500,
 }
 JSON = "application/json"
@@ -41,6 +44,8 @@ T = TypeVar("T")
 @dataclass(frozen=True)
 class HttpOptions:
     max_input_bytes: int = 64 * 1024 * 1024  # like Triton's --http-max-input-size default
+    max_upload_bytes: int = 256 * 1024 * 1024  # model files sent with a load request
+    restrictions: Restrictions = NO_RESTRICTIONS
 
 
 def json_response(doc: object, status: int = 200) -> Response:
@@ -57,12 +62,15 @@ def error_response(exc: Exception) -> Response:
 Handler = Callable[[Request], Awaitable[Response]]
 
 
-def guarded(fn: Handler) -> Handler:
+def guarded(fn: Handler, api: str, restrictions: Restrictions = NO_RESTRICTIONS) -> Handler:
+    """The one error mapping (every failure becomes a status + {"error": ...}), and the API restriction."""
+
     @functools.wraps(fn)
     async def wrapper(request: Request) -> Response:
         try:
+            restrictions.check(api, request.headers.get)
             return await fn(request)
-        except Exception as e:  # every failure becomes a status + {"error": ...}
+        except Exception as e:
             return error_response(e)
 
     return wrapper
@@ -146,34 +154,62 @@ def create_app(core: Core, options: HttpOptions | None = None) -> Starlette:
         name = request.path_params.get("model", "")
         return json_response({"model_stats": core.statistics(name, _version(request))})
 
-    async def not_yet(request: Request) -> Response:
-        raise UnimplementedError(
-            f"{request.url.path}: loading and unloading models through the API is not implemented by Kiln yet"
+    async def load(request: Request) -> Response:
+        # base64 file contents are 4/3 of their size, plus the JSON around them
+        body = await read_body(
+            request, max(options.max_input_bytes, options.max_upload_bytes * 4 // 3 + 65536)
         )
+        params = _parameters(body, "load request")
+        config = params.get("config")
+        if config is not None and not isinstance(config, str):
+            raise InvalidArgumentError("'config' must be the model config as a JSON string")
+        await core.load_model(request.path_params["model"], config, decode_file_overrides(params))
+        return json_response({})
+
+    async def unload(request: Request) -> Response:
+        params = _parameters(await read_body(request, options.max_input_bytes), "unload request")
+        dependents = params.get("unload_dependents", False)
+        if not isinstance(dependents, bool):
+            raise InvalidArgumentError("'unload_dependents' must be true or false")
+        await core.unload_model(request.path_params["model"], dependents)
+        return json_response({})
+
+    def guard(fn: Handler, api: str) -> Handler:
+        return guarded(fn, api, options.restrictions)
 
     model = "/v2/models/{model}"
     versioned = "/v2/models/{model}/versions/{version}"
     routes = [
-        Route("/v2", guarded(server_metadata), methods=["GET"]),
-        Route("/v2/health/live", guarded(live), methods=["GET"]),
-        Route("/v2/health/ready", guarded(ready), methods=["GET"]),
-        Route("/v2/models/stats", guarded(statistics), methods=["GET"]),
-        Route("/v2/repository/index", guarded(repository_index), methods=["POST"]),
-        Route("/v2/repository/models/{model}/load", guarded(not_yet), methods=["POST"]),
-        Route("/v2/repository/models/{model}/unload", guarded(not_yet), methods=["POST"]),
+        Route("/v2", guard(server_metadata, "metadata"), methods=["GET"]),
+        Route("/v2/health/live", guard(live, "health"), methods=["GET"]),
+        Route("/v2/health/ready", guard(ready, "health"), methods=["GET"]),
+        Route("/v2/models/stats", guard(statistics, "statistics"), methods=["GET"]),
+        Route("/v2/repository/index", guard(repository_index, "model-repository"), methods=["POST"]),
+        Route("/v2/repository/models/{model}/load", guard(load, "model-repository"), methods=["POST"]),
+        Route("/v2/repository/models/{model}/unload", guard(unload, "model-repository"), methods=["POST"]),
     ]
     for prefix in (model, versioned):
         routes += [
-            Route(prefix, guarded(model_metadata), methods=["GET"]),
-            Route(prefix + "/ready", guarded(model_ready), methods=["GET"]),
-            Route(prefix + "/config", guarded(model_config), methods=["GET"]),
-            Route(prefix + "/stats", guarded(statistics), methods=["GET"]),
-            Route(prefix + "/infer", guarded(infer), methods=["POST"]),
+            Route(prefix, guard(model_metadata, "metadata"), methods=["GET"]),
+            Route(prefix + "/ready", guard(model_ready, "health"), methods=["GET"]),
+            Route(prefix + "/config", guard(model_config, "model-config"), methods=["GET"]),
+            Route(prefix + "/stats", guard(statistics, "statistics"), methods=["GET"]),
+            Route(prefix + "/infer", guard(infer, "inference"), methods=["POST"]),
         ]
     app = Starlette(routes=routes)
     app.add_exception_handler(404, _not_found)
     app.add_exception_handler(405, _not_allowed)
     return app
+
+
+def _parameters(body: bytes, what: str) -> dict[str, Any]:
+    doc = codec.parse_json(body, what) if body.strip() else {}
+    if not isinstance(doc, dict):
+        raise InvalidArgumentError(f"{what} must be a JSON object")
+    params = doc.get("parameters") or {}
+    if not isinstance(params, dict):
+        raise InvalidArgumentError(f"{what}: 'parameters' must be a JSON object")
+    return params
 
 
 async def _not_found(request: Request, exc: Exception) -> Response:
