@@ -190,6 +190,14 @@ def test_transformer_block_fusions_profiles_and_int8(work: Path) -> None:
     assert config.parameters["profile_max_shapes"].string_value == "hidden:4x16x32"
     int8 = build(_options(work, "block", "block_int8", precision=Precision.INT8, profile=profile))
     assert "QuantizeLinear" in _ops(int8.artifact)
+    stage = next(s for s in int8.manifest["stages"] if s["name"] == "precision int8")
+    assert stage["details"]["op_types"] == "MatMul,Gemm (transformer)"  # the transformer preset
+    assert stage["details"]["method"] == "percentile"
+    quantized_inputs = {
+        n.input[0] for n in onnx.load(str(int8.artifact)).graph.node if n.op_type == "LayerNormalization"
+    }
+    producers = {o: n.op_type for n in onnx.load(str(int8.artifact)).graph.node for o in n.output}
+    assert all(producers.get(i) != "DequantizeLinear" for i in quantized_inputs)  # LayerNorm stays float
     assert int8.accuracy.outputs[0].mean_cosine > 0.99
 
 

@@ -81,5 +81,14 @@ def test_dynamic_dims_need_shapes(repo: Path) -> None:
     (result,) = bench(BenchOptions(artifacts=(block,), iterations=5, warmup_s=0.01, batch=2,
                                    shapes={"hidden": (1, 7, 32)}))  # fmt: skip
     assert result.latency.iterations == 5
+    np.savez(
+        repo / "inputs.npz", hidden=np.ones((3, 9, 32), np.float32)
+    )  # real inputs, repeated to the batch
+    (loaded,) = bench(BenchOptions(artifacts=(block,), iterations=3, warmup_s=0.01, batch=4,
+                                   input_data=repo / "inputs.npz"))  # fmt: skip
+    assert loaded.latency.iterations == 3
+    np.savez(repo / "wrong.npz", other=np.ones((1, 9, 32), np.float32))
+    with pytest.raises(InvalidArgumentError, match="no array named 'hidden'"):
+        bench(BenchOptions(artifacts=(block,), iterations=1, input_data=repo / "wrong.npz"))
     with pytest.raises(InvalidArgumentError, match="does not exist"):
         bench(BenchOptions(artifacts=(repo / "nope",)))

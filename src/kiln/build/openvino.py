@@ -44,7 +44,7 @@ def build_ir(
     finally:
         src.unlink(missing_ok=True)
     if precision is Precision.INT8:
-        ov_model = _quantize(ov_model, calibration, options, batchable, reporter, record)
+        ov_model = _quantize(ov_model, model, calibration, options, batchable, reporter, record)
     xml = out_dir / "model.xml"
     ov.save_model(ov_model, str(xml), compress_to_fp16=precision is Precision.FP16)
     ops = [op.get_type_name() for op in ov_model.get_ordered_ops()]
@@ -55,11 +55,12 @@ def build_ir(
     return xml
 
 
-def _quantize(
+def _quantize(  # type: ignore[no-untyped-def]
     ov_model,
+    source: onnx.ModelProto,
     calibration: Dataset,
     options: CalibrationOptions,
-    batchable: bool,  # type: ignore[no-untyped-def]
+    batchable: bool,
     reporter: Reporter,
     record: StageRecord,
 ):
@@ -87,11 +88,15 @@ def _quantize(
     dataset = nncf.Dataset(items)
     ignored = nncf.IgnoredScope(names=list(options.keep_fp32)) if options.keep_fp32 else None
     reporter.note(f"NNCF post-training quantisation on {len(items)} samples")
+    from kiln.build.precision import is_transformer
+
+    transformer = is_transformer(source)
     try:
         quantized = nncf.quantize(
             ov_model,
             dataset,
             subset_size=len(items),
+            model_type=nncf.ModelType.TRANSFORMER if transformer else None,
             ignored_scope=ignored,
             advanced_parameters=advanced,
         )
@@ -99,4 +104,5 @@ def _quantize(
         raise InvalidArgumentError(f"NNCF quantisation failed: {type(e).__name__}: {e}") from None
     record.details["method"] = options.method.value if options.method else "nncf-default"
     record.details["calibration_samples"] = len(items)
+    record.details["model_type"] = "transformer" if transformer else "default"
     return quantized

@@ -137,6 +137,7 @@ class CalibrationOptions:
     per_channel: bool = True
     percentile: float = 99.999
     keep_fp32: tuple[str, ...] = ()  # node names (or op types) left in float
+    op_types: tuple[str, ...] = ()  # op types to quantise; () = the default for the model (see to_int8)
 
 
 @dataclass(frozen=True)

@@ -81,8 +81,24 @@ def to_int8(
         CalibrationMethod.ENTROPY: OrtMethod.Entropy,
         CalibrationMethod.MINMAX: OrtMethod.MinMax,
         CalibrationMethod.PERCENTILE: OrtMethod.Percentile,
-    }[options.method or CalibrationMethod.ENTROPY]
+    }[options.method or default_method(model)]
     excluded = matching_nodes(model, options.keep_fp32) if options.keep_fp32 else []
+    extreme = extreme_range_nodes(model, calibration.samples[:2])
+    excluded = sorted(set(excluded) | set(extreme))
+    transformer = is_transformer(model)
+    op_types: list[str] | None = list(options.op_types) or None
+    if op_types is None and transformer:
+        # Transformers: INT8 MatMul/Gemm (the work), float elsewhere: their LayerNorm/residual activations have
+        # outliers that one 8-bit scale per tensor cannot hold (cosine 0.85 -> 0.94 on all-MiniLM-L6-v2).
+        op_types = ["MatMul", "Gemm"]
+    if extreme and op_types is None:
+        # ORT calibrates every tensor of the op types it quantizes, excluded nodes included: leave those op
+        # types out altogether (for a transformer: the mask Add/Where and Softmax; MatMul stays INT8).
+        from onnxruntime.quantization.registry import QDQRegistry
+
+        extreme_types = {n.op_type for n in model.graph.node if n.name in set(extreme)}
+        op_types = sorted(t for t in QDQRegistry if t not in extreme_types)
+        record.details["unquantised_op_types"] = sorted(extreme_types)
     # ORT's histogram calibrators stack per-batch outputs, so every batch must have the same size: full
     # batches only (a remainder smaller than a batch is left out), or batches of one for small sets.
     size = CALIBRATION_BATCH if batchable and len(calibration) >= CALIBRATION_BATCH else 1
@@ -111,6 +127,7 @@ def to_int8(
                     activation_type=QuantType.QUInt8,
                     weight_type=QuantType.QInt8,
                     nodes_to_exclude=excluded or None,
+                    op_types_to_quantize=op_types,
                     calibrate_method=method,
                     calibration_providers=["CPUExecutionProvider"],
                     extra_options=extra,
@@ -121,16 +138,76 @@ def to_int8(
             raise InvalidArgumentError(f"INT8 quantisation failed: {type(e).__name__}: {e}") from None
         quantized = onnx.load(str(out))
     ops = [n.op_type for n in quantized.graph.node]
-    record.details["method"] = (options.method or CalibrationMethod.ENTROPY).value
+    record.details["method"] = (options.method or default_method(model)).value
+    record.details["op_types"] = (
+        "MatMul,Gemm (transformer)"
+        if transformer and not options.op_types
+        else (",".join(op_types) if op_types else "all")
+    )
     record.details["calibration_samples"] = len(batches) * size
     record.details["per_channel"] = options.per_channel
     record.details["quantize_nodes"] = ops.count("QuantizeLinear")
     record.details["dequantize_nodes"] = ops.count("DequantizeLinear")
     record.details["kept_fp32_nodes"] = len(excluded)
+    if extreme:
+        record.details["auto_kept_fp32"] = extreme
     record.details["int8_weights"] = sum(
         1 for t in quantized.graph.initializer if t.data_type == onnx.TensorProto.INT8 and len(t.dims) > 1
     )
     return quantized
+
+
+EXTREME = 1e30
+
+
+def is_transformer(model: onnx.ModelProto) -> bool:
+    """Attention present: a Softmax and a MatMul of two computed tensors (no weight operand)."""
+    inits = {t.name for t in model.graph.initializer}
+    ops = {n.op_type for n in model.graph.node}
+    dynamic_matmul = any(n.op_type == "MatMul" and not inits & set(n.input) for n in model.graph.node)
+    return "Softmax" in ops and dynamic_matmul
+
+
+def default_method(model: onnx.ModelProto) -> CalibrationMethod:
+    """Entropy for CNNs (TensorRT's default); percentile for transformers, whose activations have outliers."""
+    return CalibrationMethod.PERCENTILE if is_transformer(model) else CalibrationMethod.ENTROPY
+
+
+def extreme_range_nodes(model: onnx.ModelProto, samples: list[Sample]) -> list[str]:
+    """Nodes that produce or consume float tensors with values beyond +-1e30 or non-finite ones (attention
+    masks built from ``finfo.min``, say): no 8-bit scale fits them and ORT's histogram calibrators fail on
+    them, so they stay in FP32. Found by running the FP32 model on a couple of calibration samples."""
+    import onnxruntime as ort
+
+    if not samples:
+        return []
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    outputs = {o.name for o in probe.graph.output}
+    typed = {vi.name: vi for vi in onnx.shape_inference.infer_shapes(model).graph.value_info}
+    names = []
+    for node in probe.graph.node:
+        for out in node.output:
+            vi = typed.get(out)
+            if (
+                out
+                and out not in outputs
+                and vi is not None
+                and vi.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+            ):
+                probe.graph.output.append(vi)
+                names.append(out)
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    opts.log_severity_level = 3
+    session = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    bad: set[str] = set()
+    for sample in samples:
+        for name, value in zip(names, session.run(names, sample), strict=True):
+            arr = np.asarray(value)
+            if arr.size and (not np.isfinite(arr).all() or float(np.abs(arr).max()) > EXTREME):
+                bad.add(name)
+    return sorted(n.name for n in model.graph.node if n.name and (bad & set(n.output) or bad & set(n.input)))
 
 
 @contextlib.contextmanager

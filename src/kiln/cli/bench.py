@@ -24,6 +24,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--threads", type=int, help="intra-op threads (default: config.pbtxt, else all cores)")
     p.add_argument("--shapes", default="", metavar="NAME:DxD,...", help="input shapes for dynamic dims")
+    p.add_argument("--load-inputs", type=Path, metavar="NPZ", help="real inputs (one array per input name)")
     p.add_argument("--rounds", type=int, default=4, help="with --compare: alternate A/B this many times")
     p.add_argument("--json", type=Path, metavar="FILE", help="write the results (with every latency) as JSON")
     p.add_argument("--histogram", type=Path, metavar="PNG", help="latency histogram (needs the plot extra)")
@@ -49,6 +50,7 @@ def options_from_args(args: argparse.Namespace) -> Any:
         threads=args.threads,
         shapes=parse_shape_spec(args.shapes),
         rounds=args.rounds if len(artifacts) > 1 else 1,
+        input_data=args.load_inputs,
     )
 
 

@@ -39,6 +39,13 @@ def add_parser(sub: Any) -> None:
         "--per-tensor", action="store_true", help="per-tensor weight scales (default per-channel)"
     )
     cal.add_argument("--keep-fp32", nargs="+", default=[], metavar="NODE", help="node names or op types")
+    cal.add_argument(
+        "--quantize-op-types",
+        nargs="+",
+        default=[],
+        metavar="OP",
+        help="op types to quantise (default: all; MatMul and Gemm for transformers)",
+    )
     acc = p.add_argument_group("accuracy gate")
     acc.add_argument(
         "--validation-data", type=Path, metavar="DIR", help="default: a hold-out of the calibration data"
@@ -119,6 +126,7 @@ def options_from_args(args: argparse.Namespace) -> Any:
             per_channel=not args.per_tensor,
             percentile=args.percentile,
             keep_fp32=tuple(args.keep_fp32),
+            op_types=tuple(args.quantize_op_types),
         ),
         validation_data=args.validation_data,
         validation_samples=args.validation_samples,

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kiln.errors import InvalidArgumentError
-from kiln.perf.measure import LatencyStats, MemorySampler, make_feeds, rss_bytes, time_runs
+from kiln.perf.measure import LatencyStats, MemorySampler, load_feeds, make_feeds, rss_bytes, time_runs
 from kiln.perf.runners import default_threads, open_runner, resolve
 
 
@@ -23,6 +23,7 @@ class BenchOptions:
     threads: int | None = None  # None: the artifact's config.pbtxt, else every core
     shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     rounds: int = 1  # with several artifacts, alternate A, B, A, B ... this many times
+    input_data: Path | None = None  # .npz of real inputs (like trtexec --loadInputs); else random data
     seed: int = 0
 
 
@@ -64,7 +65,11 @@ def bench(options: BenchOptions) -> list[BenchResult]:
             runner = open_runner(artifact, options.threads, name=str(path))
             load_s = time.perf_counter() - t0
         memory.steady = rss_bytes() - memory.baseline
-        feeds = make_feeds(runner, options.batch, options.shapes, options.seed)
+        feeds = (
+            load_feeds(options.input_data, runner, options.batch)
+            if options.input_data
+            else make_feeds(runner, options.batch, options.shapes, options.seed)
+        )
         loaded.append((artifact, runner, feeds, load_s, memory))
     latencies: list[list[float]] = [[] for _ in loaded]
     walls = [0.0 for _ in loaded]

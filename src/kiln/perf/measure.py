@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -98,6 +99,25 @@ def make_feeds(
     runner: Runner, batch: int, shapes: Mapping[str, tuple[int, ...]], seed: int = 0
 ) -> dict[str, np.ndarray]:
     return random_inputs(runner.inputs, dict(shapes), batch, np.random.default_rng(seed))
+
+
+def load_feeds(path: Path, runner: Runner, batch: int) -> dict[str, np.ndarray]:
+    """The first ``batch`` rows of each input's array in an .npz (repeated when it holds fewer)."""
+    from kiln.errors import InvalidArgumentError
+
+    try:
+        data = np.load(path)
+    except (OSError, ValueError) as e:
+        raise InvalidArgumentError(f"cannot read input data {path}: {e}") from None
+    feeds = {}
+    with data:
+        for spec in runner.inputs:
+            if spec.name not in data.files:
+                raise InvalidArgumentError(f"{path} has no array named '{spec.name}' (has {data.files})")
+            arr = np.asarray(data[spec.name]).astype(spec.dtype, copy=False)
+            reps = -(-batch // len(arr))
+            feeds[spec.name] = np.ascontiguousarray(np.concatenate([arr] * reps)[:batch])
+    return feeds
 
 
 def time_runs(
