@@ -1,4 +1,4 @@
-"""Model lifecycle: control modes, load / unload / reload with zero failed requests, polling, the index.
+"""The model manager: control modes, load / unload / reload with zero failed requests, polling, the index.
 
 A (re)load builds the new model *beside* the old one and swaps it in atomically once built; requests already
 running finish on the version they started on, and a version is freed only when its last request is done.
@@ -8,16 +8,14 @@ Versions whose config and files did not change are carried over instead of being
 from __future__ import annotations
 
 import asyncio
-import base64
 import enum
 import hashlib
 import logging
-import re
 import tempfile
 from collections.abc import Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from tritonclient.grpc import model_config_pb2
 
@@ -31,6 +29,8 @@ from kiln.errors import (
     UnavailableError,
 )
 from kiln.latency import LatencyOptions
+from kiln.lifecycle.fingerprints import directory_fingerprint, shared_fingerprint, version_fingerprint
+from kiln.lifecycle.uploads import check_model_name, safe_relative_path
 from kiln.model import Model
 from kiln.repository import ModelRepository
 from kiln.scheduling import Scheduler, make_scheduler
@@ -38,8 +38,6 @@ from kiln.stats import ModelStats
 from kiln.warmup import run_warmup
 
 log = logging.getLogger(__name__)
-
-MODEL_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,254}$")
 
 
 class ModelState(enum.Enum):
@@ -326,7 +324,7 @@ class ModelManager:
         )
         previous = {v: s for v, s in (old.versions.items() if old else []) if s.state is ModelState.READY}
         for version in versions:
-            fingerprint = _version_fingerprint(shared, model_dir / str(version))
+            fingerprint = version_fingerprint(shared, model_dir / str(version))
             carried = previous.get(version)
             if carried is not None and carried.fingerprint == fingerprint:
                 entry.versions[version] = carried
@@ -470,82 +468,3 @@ def _drop_workdir(entry: ModelEntry) -> None:
     if entry.workdir is not None:
         entry.workdir.cleanup()
         entry.workdir = None
-
-
-def check_model_name(name: str) -> None:
-    """A model name is one safe path component: no separators, no '..', nothing hidden."""
-    if not MODEL_NAME.match(name) or name in (".", ".."):
-        raise InvalidArgumentError(
-            f"invalid model name '{name}': use letters, digits, '_', '-' and '.', starting with a letter, digit or '_'"
-        )
-
-
-def safe_relative_path(rel: str) -> PurePosixPath:
-    """A ``file:`` override path: relative, normalised, never leaving the model's directory."""
-    path = PurePosixPath(rel)
-    if not rel or path.is_absolute() or "\\" in rel or any(part in ("..", "") for part in rel.split("/")):
-        raise InvalidArgumentError(
-            f"file override path '{rel}' must be a relative path inside the model directory"
-        )
-    if path.parts[0] == "." or any(part.startswith(".") for part in path.parts):
-        raise InvalidArgumentError(f"file override path '{rel}' may not contain hidden or '.' components")
-    return path
-
-
-def decode_file_overrides(parameters: Mapping[str, object]) -> dict[str, bytes]:
-    """``file:<path>`` load parameters: bytes (gRPC) or base64 text (HTTP JSON)."""
-    files = {}
-    for key, value in parameters.items():
-        if not key.startswith("file:"):
-            continue
-        rel = key[len("file:") :]
-        if isinstance(value, bytes):
-            files[rel] = value
-        elif isinstance(value, str):
-            try:
-                files[rel] = base64.b64decode(value, validate=True)
-            except ValueError:
-                raise InvalidArgumentError(f"'{key}' must be base64-encoded file content") from None
-        else:
-            raise InvalidArgumentError(f"'{key}' must carry the file's bytes (base64 in JSON)")
-    return files
-
-
-def directory_fingerprint(model_dir: Path, skip_versions: bool = False) -> str:
-    """What polling compares: every file's path, size and modification time under the model directory."""
-    h = hashlib.sha256()
-    try:
-        for path in sorted(model_dir.rglob("*")):
-            rel = path.relative_to(model_dir)
-            if skip_versions and rel.parts[0].isdigit():
-                continue
-            if path.is_file():
-                st = path.stat()
-                h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    except OSError:
-        h.update(b"unreadable")
-    return h.hexdigest()
-
-
-def shared_fingerprint(model_dir: Path) -> str:
-    return directory_fingerprint(model_dir, skip_versions=True)
-
-
-def _version_fingerprint(shared: hashlib._Hash, version_dir: Path) -> str:
-    h = shared.copy()
-    h.update(directory_fingerprint(version_dir).encode())
-    return h.hexdigest()
-
-
-__all__ = [
-    "ControlMode",
-    "IndexEntry",
-    "LifecycleOptions",
-    "ModelEntry",
-    "ModelManager",
-    "ModelState",
-    "VersionStatus",
-    "check_model_name",
-    "decode_file_overrides",
-    "safe_relative_path",
-]

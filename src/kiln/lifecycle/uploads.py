@@ -1,0 +1,51 @@
+"""What the repository API accepts from clients: model names, ``file:`` override paths and their content."""
+
+from __future__ import annotations
+
+import base64
+import re
+from collections.abc import Mapping
+from pathlib import PurePosixPath
+
+from kiln.errors import InvalidArgumentError
+
+MODEL_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,254}$")
+
+
+def check_model_name(name: str) -> None:
+    """A model name is one safe path component: no separators, no '..', nothing hidden."""
+    if not MODEL_NAME.match(name) or name in (".", ".."):
+        raise InvalidArgumentError(
+            f"invalid model name '{name}': use letters, digits, '_', '-' and '.', starting with a letter, digit or '_'"
+        )
+
+
+def safe_relative_path(rel: str) -> PurePosixPath:
+    """A ``file:`` override path: relative, normalised, never leaving the model's directory."""
+    path = PurePosixPath(rel)
+    if not rel or path.is_absolute() or "\\" in rel or any(part in ("..", "") for part in rel.split("/")):
+        raise InvalidArgumentError(
+            f"file override path '{rel}' must be a relative path inside the model directory"
+        )
+    if path.parts[0] == "." or any(part.startswith(".") for part in path.parts):
+        raise InvalidArgumentError(f"file override path '{rel}' may not contain hidden or '.' components")
+    return path
+
+
+def decode_file_overrides(parameters: Mapping[str, object]) -> dict[str, bytes]:
+    """``file:<path>`` load parameters: bytes (gRPC) or base64 text (HTTP JSON)."""
+    files = {}
+    for key, value in parameters.items():
+        if not key.startswith("file:"):
+            continue
+        rel = key[len("file:") :]
+        if isinstance(value, bytes):
+            files[rel] = value
+        elif isinstance(value, str):
+            try:
+                files[rel] = base64.b64decode(value, validate=True)
+            except ValueError:
+                raise InvalidArgumentError(f"'{key}' must be base64-encoded file content") from None
+        else:
+            raise InvalidArgumentError(f"'{key}' must carry the file's bytes (base64 in JSON)")
+    return files
