@@ -306,6 +306,19 @@ def peer_quantize(source: Path, cal: dict[str, np.ndarray], out: Path) -> Path:
     return out / "model.onnx"
 
 
+def peer_accuracy(source: Path, peer: Path, val: dict[str, np.ndarray]) -> dict[str, object]:
+    """The peer measured with the same metrics as kiln's gate, on the same validation samples."""
+    from kiln.build.accuracy import compare
+    from kiln.build.data import Dataset
+    from kiln.build.report import Reporter
+    from kiln.perf.runners import OrtRunner
+
+    n = len(next(iter(val.values())))
+    data = Dataset([{k: v[i : i + 1] for k, v in val.items()} for i in range(n)])
+    report = compare(OrtRunner(source).run, OrtRunner(peer).run, data, 8, Reporter(progress=False))
+    return report.to_dict()
+
+
 def run_model(name: str, work: Path, duration: float) -> dict[str, object]:
     mwork = work / name
     (mwork / "cal").mkdir(parents=True, exist_ok=True)
@@ -344,6 +357,10 @@ def run_model(name: str, work: Path, duration: float) -> dict[str, object]:
                 "accuracy": result.accuracy.to_dict(),
             }
     peer = peer_quantize(source, cal, repo / "peer_quantize_static" / "1")
+    builds["peer quantize_static defaults"] = {
+        "path": str(peer.parent),
+        "accuracy": peer_accuracy(source, peer, val),
+    }
     artifacts = {
         "onnx fp32 (unbuilt source)": source,
         **{k: Path(v["path"]) for k, v in builds.items()},  # type: ignore[arg-type]

@@ -212,6 +212,56 @@ def test_best_keeps_the_fastest_passing_candidate(work: Path) -> None:
     assert max(b["throughput"] for b in chosen["speed"]["batches"]) == best
 
 
+def test_extreme_mask_values_stay_fp32(work: Path) -> None:
+    """An attention-style mask of finfo.min added to scores: no 8-bit scale fits it, ORT's histogram calibrators
+    fail on it; kiln keeps those nodes in FP32 on its own and the build passes."""
+    h = onnx.helper
+    big = np.finfo(np.float32).min
+    w = np.random.default_rng(0).standard_normal((16, 16)).astype(np.float32) * 0.25
+    nodes = [
+        h.make_node("MatMul", ["x", "w"], ["scores"], name="proj"),
+        h.make_node("Sub", ["one", "mask"], ["inv"], name="invert"),
+        h.make_node("Mul", ["inv", "big"], ["bias"], name="to_bias"),
+        h.make_node("Add", ["scores", "bias"], ["masked"], name="apply_mask"),
+        h.make_node("Softmax", ["masked"], ["probs"], axis=-1, name="softmax"),
+        h.make_node("Transpose", ["x"], ["x_t"], perm=[0, 2, 1], name="transpose"),
+        h.make_node("MatMul", ["probs", "x_t"], ["mixed"], name="mix"),
+    ]
+    graph = h.make_graph(
+        nodes, "masked",
+        [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["batch", 16, 16]),
+         h.make_tensor_value_info("mask", onnx.TensorProto.FLOAT, ["batch", 16, 16])],
+        [h.make_tensor_value_info("mixed", onnx.TensorProto.FLOAT, ["batch", 16, 16])],
+        [onnx.numpy_helper.from_array(w, "w"), onnx.numpy_helper.from_array(np.array(1, np.float32), "one"),
+         onnx.numpy_helper.from_array(np.array(big, np.float32), "big")],
+    )  # fmt: skip
+    model = h.make_model(graph, opset_imports=[h.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(work / "masked.onnx"))
+    rng = np.random.default_rng(1)
+    (work / "masked_cal").mkdir()
+    mask = (rng.random((40, 16, 16)) > 0.3).astype(np.float32)
+    np.savez(
+        work / "masked_cal" / "cal.npz", x=rng.standard_normal((40, 16, 16)).astype(np.float32), mask=mask
+    )
+    cal = CalibrationOptions(data=work / "masked_cal", method=CalibrationMethod.ENTROPY)
+    result = build(_options(work, "masked", "masked_int8", precision=Precision.INT8, calibration=cal))
+    stage = next(s for s in result.manifest["stages"] if s["name"] == "precision int8")
+    assert {"to_bias", "apply_mask"} <= set(stage["details"]["auto_kept_fp32"])
+    assert "QuantizeLinear" in _ops(result.artifact)
+    assert result.accuracy.passed
+
+
+def test_gpu_without_gpu_is_a_clear_error(work: Path) -> None:
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("a GPU build of onnxruntime is installed")
+    from kiln.build import Device
+
+    with pytest.raises(KilnError, match="no CUDAExecutionProvider"):
+        build(_options(work, "conv", "conv_gpu", device=Device.GPU))
+    assert not (work / "repo" / "conv_gpu").exists()
+
+
 def test_clear_errors(work: Path) -> None:
     bad = work / "model.tflite"
     bad.write_bytes(b"x")

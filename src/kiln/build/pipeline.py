@@ -83,36 +83,18 @@ def build(options: BuildOptions, reporter: Reporter | None = None) -> BuildResul
     try:
         with reporter.stage("optimise") as record:
             base = optimize(source, OptimizationLevel.BASIC, record) if options.optimize else source
-        extended: onnx.ModelProto | None = None
         reference = OrtRunner(source.SerializeToString(), options.threads, name="fp32 reference")
         precisions = (
             [options.precision] if options.precision is not Precision.BEST else _best_candidates(calibration)
         )
+        fused: list[onnx.ModelProto] = []  # the extended-level model, made once if an FP32 CPU build needs it
         candidates = []
         for precision in precisions:
-            if (
-                precision is Precision.FP32
-                and options.target is Target.ONNXRUNTIME
-                and options.optimize
-                and (options.device is Device.CPU)
-            ):
-                if extended is None:
-                    with reporter.stage("fuse") as record:
-                        extended = optimize(source, OptimizationLevel.EXTENDED, record)
-                model = extended
-            else:
-                model = base
+            model = _model_for(precision, source, base, fused, options, reporter)
             candidate = _make_candidate(
                 precision, model, calibration, profile, options, work, reporter, providers
             )
-            with reporter.stage(f"accuracy {precision.value}") as record:
-                candidate.accuracy = compare(reference.run, candidate.runner.run, validation, batch, reporter)
-                failures = gate(candidate.accuracy, options.tolerance_for(precision))
-                record.details["samples"] = candidate.accuracy.samples
-                record.details["passed"] = not failures
-                reporter.note(candidate.accuracy.summary())
-                for failure in failures:
-                    reporter.note(failure, style="red")
+            _check_accuracy(candidate, reference, validation, batch, options, reporter)
             if options.benchmark or options.precision is Precision.BEST:
                 with reporter.stage(f"speed {precision.value}") as record:
                     candidate.speed = measure_batches(candidate.runner, profile, reporter)
@@ -122,6 +104,45 @@ def build(options: BuildOptions, reporter: Reporter | None = None) -> BuildResul
         return _write(chosen, candidates, source, profile, options, version, started, reporter)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _model_for(
+    precision: Precision,
+    source: onnx.ModelProto,
+    base: onnx.ModelProto,
+    fused: list[onnx.ModelProto],
+    options: BuildOptions,
+    reporter: Reporter,
+) -> onnx.ModelProto:
+    """FP32 for ONNX Runtime on CPU gets the extended-level fusions (contrib ops); everything else starts from
+    the basic-level model (standard ops only: what the FP16 converter, the quantiser and OpenVINO take)."""
+    cpu_fp32 = (
+        precision is Precision.FP32 and options.target is Target.ONNXRUNTIME and options.device is Device.CPU
+    )
+    if not (cpu_fp32 and options.optimize):
+        return base
+    if not fused:
+        with reporter.stage("fuse") as record:
+            fused.append(optimize(source, OptimizationLevel.EXTENDED, record))
+    return fused[0]
+
+
+def _check_accuracy(
+    candidate: Candidate,
+    reference: Runner,
+    validation: Dataset,
+    batch: int,
+    options: BuildOptions,
+    reporter: Reporter,
+) -> None:
+    with reporter.stage(f"accuracy {candidate.precision.value}") as record:
+        candidate.accuracy = compare(reference.run, candidate.runner.run, validation, batch, reporter)
+        failures = gate(candidate.accuracy, options.tolerance_for(candidate.precision))
+        record.details["samples"] = candidate.accuracy.samples
+        record.details["passed"] = not failures
+        reporter.note(candidate.accuracy.summary())
+        for failure in failures:
+            reporter.note(failure, style="red")
 
 
 def _device_check(options: BuildOptions) -> list[object] | None:
