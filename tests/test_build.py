@@ -169,6 +169,31 @@ def test_labels_give_task_accuracy_and_gate_it(work: Path) -> None:
         )
 
 
+def test_image_calibration_folder_with_labels(work: Path) -> None:
+    pil = pytest.importorskip("PIL.Image")
+    folder = work / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(7)
+    for i in range(12):
+        pil.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(folder / f"img{i:02d}.png")
+    (folder / "labels.txt").write_text(" ".join(str(i % 10) for i in range(12)))
+    from kiln.build import Preprocessing
+    from kiln.build.data import graph_inputs, load_dataset
+
+    inputs = graph_inputs(onnx.load(str(work / "conv.onnx")))
+    data = load_dataset(folder, inputs, Preprocessing.INCEPTION)
+    assert len(data) == 12 and data.labels is not None and list(data.labels[:3]) == [0, 1, 2]
+    x = data.samples[0]["x"]
+    assert x.shape == (1, 3, 16, 16) and x.dtype == np.float32  # resized to the input, NCHW
+    assert -1.0 <= x.min() and x.max() <= 1.0  # INCEPTION scaling
+    cal = CalibrationOptions(data=folder, preprocessing=Preprocessing.INCEPTION)
+    result = build(_options(work, "conv", "conv_images", precision=Precision.INT8, calibration=cal,
+                            accept_accuracy_drop=True))  # fmt: skip
+    assert (
+        result.accuracy.samples == 2 and result.accuracy.reference_accuracy is not None
+    )  # hold-out + labels
+
+
 def test_mlp_int8(work: Path) -> None:
     result = build(_options(work, "mlp", "mlp_int8", precision=Precision.INT8))
     assert "QuantizeLinear" in _ops(result.artifact)

@@ -16,6 +16,7 @@ from kiln.backends.openvino import OpenVinoBackend
 from kiln.build import BuildOptions, CalibrationMethod, CalibrationOptions, Precision, Target, build
 from kiln.config import load_config
 from kiln.errors import InvalidArgumentError
+from kiln.perf import BenchOptions, bench
 from test_build_models import conv_net, save, write_samples
 
 
@@ -60,6 +61,8 @@ def test_fp32_fp16_int8_irs(work: Path) -> None:
     fp16 = _build(work, "fp16", Precision.FP16)
     assert "f16" in _element_types(fp16 / "model.xml")
     assert (fp16 / "model.bin").stat().st_size < (fp32 / "model.bin").stat().st_size
+    (timed,) = bench(BenchOptions(artifacts=(fp32.parent,), iterations=10, warmup_s=0.01, batch=2))
+    assert timed.backend == "openvino" and timed.latency.iterations == 10
     int8 = _build(work, "int8", Precision.INT8, CalibrationMethod.MINMAX)
     assert _layer_types(int8 / "model.xml").count("FakeQuantize") >= 2
     assert "FakeQuantize" not in _layer_types(fp32 / "model.xml")
