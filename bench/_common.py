@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib.util
 import os
 import platform
+import re
 import signal
 import socket
 import subprocess
@@ -182,6 +184,7 @@ class ServerEndpoints:
     http_port: int
     grpc_port: int
     metrics_port: int
+    pid: int = 0  # the server process, for CPU-time accounting (0: unknown)
 
     @property
     def http_url(self) -> str:
@@ -212,6 +215,117 @@ def kiln_server(
         process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=log_file, stderr=subprocess.STDOUT)
         try:
             wait_ready(f"http://{endpoints.http_url}/v2/health/ready", process, log, ready_timeout_s)
-            yield endpoints
+            yield dataclasses.replace(endpoints, pid=process.pid)
         finally:
             stop_process(process)
+
+
+# ------------------------------------------------------------------------- measurement helpers
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """user + system CPU seconds of process `pid` and its threads (children not included), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def process_tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of `pid` plus all its live descendants (MLServer runs inference in worker processes)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(entry.name))
+    total, stack = 0.0, [pid]
+    while stack:
+        current = stack.pop()
+        try:
+            total += process_cpu_seconds(current)
+        except (OSError, ValueError, IndexError):
+            pass
+        stack += children.get(current, [])
+    return total
+
+
+def load_note() -> str:
+    """The 1/5/15-minute load averages and the number of cores, for the reports."""
+    one, five, fifteen = os.getloadavg()
+    return f"load average {one:.2f} / {five:.2f} / {fifteen:.2f} (1/5/15 min) on {os.cpu_count()} cores"
+
+
+SERVER_BREAKDOWN = re.compile(
+    r"Avg request latency: (?P<request>\d+) usec \(overhead (?P<overhead>\d+) usec \+ queue (?P<queue>\d+) usec"
+    r" \+ compute input (?P<input>\d+) usec \+ compute infer (?P<infer>\d+) usec"
+    r" \+ compute output (?P<output>\d+) usec\)"
+)
+
+
+def parse_server_breakdown(perf_output: str) -> dict[str, float] | None:
+    """perf_analyzer -v's server-side line: request, overhead, queue, input, infer, output (usec)."""
+    matches = list(SERVER_BREAKDOWN.finditer(perf_output))
+    if not matches:
+        return None
+    return {k: float(v) for k, v in matches[-1].groupdict().items()}
+
+
+def perf_row(csv_path: Path) -> dict[str, float] | None:
+    """The first data row of perf_analyzer's -f CSV (with --verbose-csv), numeric values."""
+    import csv
+
+    if not csv_path.exists():
+        return None
+    with csv_path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        return None
+    return {k.strip(): float(v) for k, v in rows[0].items() if k is not None and v not in (None, "")}
+
+
+def run_perf_analyzer(
+    pa: PerfAnalyzer, arguments: Sequence[str], out_prefix: Path, timeout_s: float
+) -> tuple[dict[str, float] | None, str]:
+    """Run perf_analyzer with `arguments` (plus -f CSV and --verbose-csv); (CSV row or None, its output).
+    The output goes to `out_prefix`.log, the CSV to `out_prefix`.csv."""
+    import shlex
+
+    csv_path, log_path = out_prefix.with_suffix(".csv"), out_prefix.with_suffix(".log")
+    csv_path.unlink(missing_ok=True)
+    command = [str(pa.path), *arguments, "-f", str(csv_path), "--verbose-csv"]
+    print(f"[perf] {shlex.join(command)}", file=sys.stderr)
+    try:
+        proc = subprocess.run(command, env=pa.env, capture_output=True, timeout=timeout_s, check=False)
+        output = (proc.stdout + proc.stderr).decode(errors="replace")
+        ok = proc.returncode == 0
+    except subprocess.TimeoutExpired as exc:
+        output = ((exc.stdout or b"") + (exc.stderr or b"")).decode(errors="replace")
+        output += f"\n[bench] perf_analyzer timed out after {timeout_s:g} s"
+        ok = False
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log_path.write_text(output)
+    row = perf_row(csv_path) if ok else None
+    if row is None:
+        tail = output.strip().splitlines()[-6:]
+        print(f"[perf] failed; see {log_path}:", *tail, sep="\n  ", file=sys.stderr)
+    return row, output
+
+
+def get_json(url: str, timeout_s: float = 10.0) -> object:
+    import json
+
+    with urllib.request.urlopen(url, timeout=timeout_s) as response:
+        return json.load(response)
+
+
+def kiln_counts(http_url: str, model: str) -> tuple[int, int]:
+    """(inference_count, execution_count) of `model` so far, from Kiln's statistics extension."""
+    stats = get_json(f"http://{http_url}/v2/models/{model}/stats")
+    assert isinstance(stats, dict)
+    entries = stats["model_stats"]
+    return (
+        sum(int(m["inference_count"]) for m in entries),
+        sum(int(m["execution_count"]) for m in entries),
+    )

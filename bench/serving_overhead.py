@@ -16,6 +16,7 @@ import argparse
 import csv
 import dataclasses
 import datetime as dt
+import json
 import os
 import shlex
 import subprocess
@@ -23,6 +24,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -34,8 +36,11 @@ from _common import (
     build_add_sub_repository,
     kiln_server,
     latest_onnx_model,
+    load_note,
     machine_description,
+    parse_server_breakdown,
     perf_analyzer,
+    process_cpu_seconds,
     venv_python,
 )
 
@@ -52,6 +57,16 @@ class Result:
     server_compute_us: float | None = None  # perf_analyzer's server-side compute input+infer+output
     error: str | None = None
     note: str | None = None
+    mean_us: float | None = None  # mean latency (raw ORT: the model's own time per inference)
+    # perf_analyzer -v's server-side breakdown (usec per request, from the server's statistics)
+    server_request_us: float | None = None
+    server_overhead_us: float | None = None
+    queue_us: float | None = None
+    input_us: float | None = None
+    infer_us: float | None = None
+    output_us: float | None = None
+    # server process CPU time / requests it answered during the run (transport included), usec
+    cpu_us_per_request: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,6 +166,7 @@ def run_raw_ort(
         throughput=merged.size / duration_s,
         p50_us=float(np.percentile(merged, 50)) / 1e3,
         p99_us=float(np.percentile(merged, 99)) / 1e3,
+        mean_us=float(merged.mean()) / 1e3,
     )
 
 
@@ -193,7 +209,20 @@ def parse_perf_csv(csv_path: Path, transport: str, concurrency: int) -> Result |
         p50_us=float(row["p50 latency"]),
         p99_us=float(row["p99 latency"]),
         server_compute_us=sum(float(c) for c in compute) if all(compute) else None,
+        mean_us=float(row["Avg latency"]) if row.get("Avg latency") else None,
+        queue_us=float(row["Server Queue"]) if row.get("Server Queue") else None,
+        input_us=float(compute[0]) if compute[0] else None,
+        infer_us=float(compute[1]) if compute[1] else None,
+        output_us=float(compute[2]) if compute[2] else None,
     )
+
+
+def success_count(endpoints: ServerEndpoints, model: str) -> int:
+    """The model's successful requests so far, from the statistics extension (all versions)."""
+    url = f"http://{endpoints.http_url}/v2/models/{model}/stats"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        stats = json.load(response)
+    return sum(int(m["inference_stats"]["success"]["count"]) for m in stats["model_stats"])
 
 
 def _invoke(
@@ -220,26 +249,40 @@ def run_perf(
     out_dir: Path,
     settings: PerfSettings,
 ) -> Result:
-    """One perf_analyzer run; when it never gets stable, one more with --stability-percentage 100."""
+    """One perf_analyzer run; when it never gets stable, one more with --stability-percentage 10000
+    (no stability check)."""
     transport = f"kiln {protocol}"
     url = endpoints.http_url if protocol == "http" else endpoints.grpc_url
     csv_path = out_dir / f"perf_{protocol}_c{concurrency}.csv"
     log_path = out_dir / f"perf_{protocol}_c{concurrency}.log"
     command = perf_command(pa, model, url, protocol, concurrency, csv_path, settings)
+    cpu_before = process_cpu_seconds(endpoints.pid) if endpoints.pid else None
+    count_before = success_count(endpoints, model)
     ok, rc, output = _invoke(command, pa.env, settings.timeout_s, log_path)
     note = None
     if not ok and "Failed to obtain stable measurement" in output:
         note = (
             f"not stable within {settings.stability_percentage:g}% in {settings.max_trials} windows; "
-            "re-measured with --stability-percentage 100"
+            "re-measured with --stability-percentage 10000 (no stability check)"
         )
         print(f"[perf] {transport} c={concurrency}: {note}", file=sys.stderr)
-        loose = dataclasses.replace(settings, stability_percentage=100.0)
+        loose = dataclasses.replace(settings, stability_percentage=10000.0)
         command = perf_command(pa, model, url, protocol, concurrency, csv_path, loose)
         ok, rc, output = _invoke(command, pa.env, settings.timeout_s, log_path.with_suffix(".retry.log"))
     result = parse_perf_csv(csv_path, transport, concurrency) if ok else None
     if result is not None:
-        return dataclasses.replace(result, note=note)
+        requests = success_count(endpoints, model) - count_before
+        cpu = None
+        if cpu_before is not None and requests > 0:
+            cpu = (process_cpu_seconds(endpoints.pid) - cpu_before) * 1e6 / requests
+        breakdown = parse_server_breakdown(output) or {}
+        return dataclasses.replace(
+            result,
+            note=note,
+            cpu_us_per_request=cpu,
+            server_request_us=breakdown.get("request"),
+            server_overhead_us=breakdown.get("overhead"),
+        )
     tail = output.strip().splitlines()[-8:]
     print(f"[perf] {transport} c={concurrency}: {rc}; see {log_path}:", *tail, sep="\n  ", file=sys.stderr)
     first_error = next((line for line in tail if "error" in line.lower()), tail[-1] if tail else "")
@@ -251,6 +294,70 @@ def run_perf(
 
 def _fmt(value: float | None, digits: int = 0) -> str:
     return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def model_time_us(results: list[Result]) -> float | None:
+    """The model's own time per inference: raw ORT's mean latency at the lowest concurrency measured."""
+    raw = sorted(
+        (r for r in results if r.transport == RAW and r.mean_us is not None), key=lambda r: r.concurrency
+    )
+    return raw[0].mean_us if raw else None
+
+
+def non_model_us(r: Result, model_us: float | None) -> float | None:
+    """Server-side time per request that is neither queueing nor the model itself:
+    perf_analyzer's server request latency - queue - raw ORT's own time for the model."""
+    if r.server_request_us is None or r.queue_us is None or model_us is None:
+        return None
+    return r.server_request_us - r.queue_us - model_us
+
+
+def breakdown_table(results: list[Result]) -> str:
+    """perf_analyzer's server-side breakdown per request (usec), the non-model time and server CPU/request."""
+    model_us = model_time_us(results)
+    lines = [
+        "| transport | concurrency | server request | queue | compute input | compute infer | compute output "
+        "| overhead | non-model time | server CPU / request |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        if r.transport == RAW or r.error:
+            continue
+        cells = [
+            _fmt(v)
+            for v in (
+                r.server_request_us, r.queue_us, r.input_us, r.infer_us, r.output_us, r.server_overhead_us,
+                non_model_us(r, model_us), r.cpu_us_per_request,
+            )
+        ]  # fmt: skip
+        lines.append("| " + " | ".join([r.transport, str(r.concurrency), *cells]) + " |")
+    return "\n".join(lines)
+
+
+def verdict(results: list[Result], limit_us: float = 500.0) -> str:
+    """Whether the server-side overhead per request is well under `limit_us` (half of it or less)."""
+    model_us = model_time_us(results)
+    served = [r for r in results if r.transport != RAW and not r.error]
+    non_model = [v for v in (non_model_us(r, model_us) for r in served) if v is not None]
+    cpu = [r.cpu_us_per_request for r in served if r.cpu_us_per_request is not None]
+    if not non_model:
+        return "No server-side breakdown was measured (perf_analyzer -v failed or was turned off)."
+    worst, worst_cpu = max(non_model), (max(cpu) if cpu else None)
+    well_under = worst <= limit_us / 2
+    text = (
+        f"Server-side non-model time per request (server request latency - queue - raw ORT's "
+        f"{model_us:.1f} us for the model): worst {worst:.0f} us over all rows, best {min(non_model):.0f} us. "
+    )
+    text += (
+        f"Target (well under {limit_us:.0f} us): {'met' if well_under else 'NOT met'}"
+        f"{'' if well_under else ' (more than half the budget)'}."
+    )
+    if worst_cpu is not None:
+        text += (
+            f" Server CPU per request, transport included (which the statistics do not see): "
+            f"{min(cpu):.0f}-{worst_cpu:.0f} us."
+        )
+    return text
 
 
 def markdown_table(results: list[Result]) -> str:
@@ -286,8 +393,19 @@ def markdown_table(results: list[Result]) -> str:
     return "\n".join([*lines, *(["", *notes] if notes else [])])
 
 
+def report(results: list[Result]) -> str:
+    return "\n\n".join(
+        [
+            markdown_table(results),
+            "Server-side breakdown per request (us; perf_analyzer -v, from the server's statistics):",
+            breakdown_table(results),
+            verdict(results),
+        ]
+    )
+
+
 def write_markdown(
-    path: Path, table: str, args: argparse.Namespace, repo_source: str, settings: PerfSettings
+    path: Path, table: str, args: argparse.Namespace, repo_source: str, settings: PerfSettings, load: str
 ) -> None:
     import onnxruntime as ort
 
@@ -304,6 +422,12 @@ def write_markdown(
 - perf_analyzer: --measurement-interval {settings.measurement_interval_ms} ms, --stability-percentage \
 {settings.stability_percentage:g}, --max-trials {settings.max_trials}, no --shape hints; p50/p99 are client-side
 - server compute: perf_analyzer's server-side average (compute input + infer + output, from the model's statistics)
+- breakdown: perf_analyzer -v's `Avg request latency (overhead + queue + compute input + compute infer + compute \
+output)`; the server measures from the request entering its data plane to the response leaving it, so HTTP/gRPC \
+parsing and writing are not in it. non-model time = request - queue - raw ORT's own time for the model (the \
+lowest-concurrency raw ORT mean). Server CPU / request = the server process's CPU time during the run / the \
+requests it answered (perf_analyzer's warm-up included), which does cover the transports.
+- load: {load}
 - nproc cores are shared by perf_analyzer and the server (and, before them, the raw ORT loop)
 
 {table}
@@ -327,7 +451,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="without --model-repository: `python -m kiln.examples` (falling back to builtin when auto)",
     )
     parser.add_argument("--model", default="add_sub")
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8], metavar="N")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32], metavar="N")
     parser.add_argument("--protocols", nargs="+", choices=("http", "grpc"), default=["http", "grpc"])
     parser.add_argument("--ort-duration", type=float, default=5.0, help="seconds per raw ORT measurement")
     parser.add_argument(
@@ -367,6 +491,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     pa = perf_analyzer()
     results: list[Result] = []
+    load = load_note()
+    print(f"[load] {load}", file=sys.stderr)
 
     with tempfile.TemporaryDirectory(prefix="kiln-bench-") as tmp:
         repository, repo_source = prepare_repository(args, Path(tmp))
@@ -393,11 +519,11 @@ def main(argv: list[str] | None = None) -> int:
                 for c in args.concurrency
             ]
 
-    table = markdown_table(results)
+    table = report(results)
     print(table)
     print(f"\n[out] perf_analyzer CSVs and logs, server log: {out_dir}", file=sys.stderr)
     if args.markdown_out is not None:
-        write_markdown(args.markdown_out, table, args, repo_source, settings)
+        write_markdown(args.markdown_out, table, args, repo_source, settings, load)
         print(f"[out] {args.markdown_out}", file=sys.stderr)
     return 1 if any(r.error for r in results) else 0
 
