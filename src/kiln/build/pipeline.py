@@ -16,7 +16,7 @@ from kiln.build import parse
 from kiln.build.accuracy import AccuracyGateError, AccuracyReport, compare, gate
 from kiln.build.data import Dataset, graph_inputs, load_dataset, random_dataset
 from kiln.build.optimize import OptimizationLevel, optimize
-from kiln.build.options import BuildOptions, Device, Precision, Target
+from kiln.build.options import BuildOptions, Device, Precision, Target, format_shape_spec
 from kiln.build.profiles import ResolvedProfile, resolve_profile
 from kiln.build.report import Reporter
 from kiln.build.speed import SpeedReport, measure_batches
@@ -151,8 +151,27 @@ def _device_check(options: BuildOptions) -> list[object] | None:
     if options.device is Device.GPU:
         if options.target is not Target.ONNXRUNTIME:
             raise InvalidArgumentError("--device gpu is available for --target onnxruntime only")
-        return gpu_providers()
+        return gpu_providers(trt_options=_tensorrt_options(options))
     return None
+
+
+def _tensorrt_options(options: BuildOptions) -> dict[str, str]:
+    """TensorRT execution-provider options for the GPU path: the shape profile, the precision, an engine cache
+    under the build's temporary folder (the server keeps its own, ``trt_cache`` in config.pbtxt)."""
+    trt: dict[str, str] = {
+        "trt_fp16_enable": "1" if options.precision in (Precision.FP16, Precision.BEST) else "0",
+        "trt_int8_enable": "1" if options.precision is Precision.INT8 else "0",  # the QDQ model's own scales
+        "trt_engine_cache_enable": "1",
+        "trt_engine_cache_path": str(Path(tempfile.gettempdir()) / "kiln-trt-cache"),
+    }
+    for kind, shapes in (
+        ("min", options.profile.min),
+        ("opt", options.profile.opt),
+        ("max", options.profile.max),
+    ):
+        if shapes:
+            trt[f"trt_profile_{kind}_shapes"] = format_shape_spec(shapes)
+    return trt
 
 
 def _best_candidates(calibration: Dataset) -> list[Precision]:
