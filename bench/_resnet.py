@@ -106,7 +106,7 @@ def write_resnet18(path: Path, seed: int = 0) -> int:
     return parameter_count(model)
 
 
-def resnet_config(name: str, max_batch_size: int, dynamic_batching: str | None) -> str:
+def resnet_config(name: str, max_batch_size: int, dynamic_batching: str | None, instances: int = 1) -> str:
     """A Kiln/Triton config.pbtxt; `dynamic_batching` is the block's body, or None for no batcher."""
     batching = f"dynamic_batching {{ {dynamic_batching} }}\n" if dynamic_batching is not None else ""
     return f"""\
@@ -115,5 +115,5 @@ backend: "onnxruntime"
 max_batch_size: {max_batch_size}
 input [ {{ name: "{INPUT}" data_type: TYPE_FP32 dims: [ 3, 224, 224 ] }} ]
 output [ {{ name: "{OUTPUT}" data_type: TYPE_FP32 dims: [ {CLASSES} ] }} ]
-instance_group [ {{ count: 1 kind: KIND_CPU }} ]
+instance_group [ {{ count: {instances} kind: KIND_CPU }} ]
 {batching}"""

@@ -83,7 +83,7 @@ def build_repository(root: Path, args: argparse.Namespace) -> tuple[Path, int]:
     (root / BATCHED / "1").mkdir(parents=True)
     shutil.copyfile(onnx_path, root / BATCHED / "1" / "model.onnx")
     (root / BATCHED / "config.pbtxt").write_text(
-        resnet_config(BATCHED, args.max_batch_size, batching_block(args))
+        resnet_config(BATCHED, args.max_batch_size, batching_block(args), args.batched_instances)
     )
     return onnx_path, params
 
@@ -272,6 +272,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-batch-size", type=int, default=16)
     parser.add_argument("--preferred", type=int, nargs="*", default=[4, 8, 16], help="preferred_batch_size")
     parser.add_argument("--delay-us", type=int, default=2000, help="max_queue_delay_microseconds")
+    parser.add_argument(
+        "--batched-instances",
+        type=int,
+        default=1,
+        help="instance_group count of the batched model (default threads)",
+    )
     parser.add_argument("--window-ms", type=int, default=4000, help="perf_analyzer measurement window")
     parser.add_argument("--windows", type=int, default=3, help="windows per perf_analyzer run (--max-trials)")
     parser.add_argument("--ort-seconds", type=float, default=2.5, help="seconds per raw ORT batch size")
