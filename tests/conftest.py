@@ -20,7 +20,9 @@ def broken_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def server(test_repo: Path, broken_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[KilnProcess]:
+def server(
+    test_repo: Path, broken_repo: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[KilnProcess]:
     """One real server for the session: the test repository plus a repository of models that fail to load."""
     proc = KilnProcess(
         [test_repo, broken_repo], "--strict-readiness", "false", log_dir=tmp_path_factory.mktemp("logs")

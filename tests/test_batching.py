@@ -34,7 +34,9 @@ def stats(server: KilnProcess, model: str) -> dict[str, Any]:
 def metric(server: KilnProcess, name: str, model: str, reason: str | None = None) -> float:
     with urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=5) as r:
         for line in r.read().decode().splitlines():
-            if line.startswith(f'{name}{{model="{model}"') and (reason is None or f'reason="{reason}"' in line):
+            if line.startswith(f'{name}{{model="{model}"') and (
+                reason is None or f'reason="{reason}"' in line
+            ):
                 return float(line.split()[-1])
     raise AssertionError(f"{name} for {model} not found")
 

@@ -247,7 +247,9 @@ def test_fast_models_run_inline_after_being_measured(threshold_ns: int, inlined:
     async def main() -> None:
         threads: list[int] = []
 
-        def fast(feeds: dict[str, np.ndarray], outputs: Sequence[str], instance: int) -> dict[str, np.ndarray]:
+        def fast(
+            feeds: dict[str, np.ndarray], outputs: Sequence[str], instance: int
+        ) -> dict[str, np.ndarray]:
             threads.append(threading.get_ident())
             return {"y": feeds["x"]}
 
