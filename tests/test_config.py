@@ -171,3 +171,27 @@ def test_disabled_autocomplete_refuses_a_config_without_outputs(tmp_path: Path) 
     config = ModelRepository.read_config("m", tmp_path / "m")
     with pytest.raises(ModelConfigError):
         Model.load(config, tmp_path / "m", 1, "onnxruntime", auto_complete=False)
+
+
+def test_tensorrt_accelerator_section_becomes_provider_options(tmp_path: Path) -> None:
+    from kiln.backends.onnxruntime import tensorrt_options
+
+    config = parse_config(
+        'name: "m" optimization { execution_accelerators { gpu_execution_accelerator: [ { name: "tensorrt" '
+        'parameters { key: "precision_mode" value: "FP16" } parameters { key: "trt_engine_cache_path" '
+        'value: "trt_cache" } parameters { key: "trt_profile_min_shapes" value: "x:1x3" } } ] } }'
+    )
+    options = tensorrt_options(config, tmp_path)
+    assert options == {
+        "trt_fp16_enable": "1",
+        "trt_int8_enable": "0",
+        "trt_engine_cache_path": str(tmp_path / "trt_cache"),
+        "trt_profile_min_shapes": "x:1x3",
+    }
+    assert tensorrt_options(parse_config('name: "m"'), tmp_path) is None
+    bad = parse_config(
+        'name: "m" optimization { execution_accelerators { gpu_execution_accelerator: [ { name: "tensorrt" '
+        'parameters { key: "precision_mode" value: "FP8" } } ] } }'
+    )
+    with pytest.raises(ModelConfigError, match="precision_mode"):
+        tensorrt_options(bad, tmp_path)

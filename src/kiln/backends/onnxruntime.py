@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+from tritonclient.grpc import model_config_pb2
 
 from kiln.backends.base import Backend
 from kiln.config import ModelIO
 from kiln.datatypes import BY_ONNX
-from kiln.errors import InternalError, InvalidArgumentError, ModelLoadError
+from kiln.errors import InternalError, InvalidArgumentError, ModelConfigError, ModelLoadError
+
+log = logging.getLogger(__name__)
 
 _GRAPH_LEVELS = {
     -1: ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
@@ -44,12 +49,20 @@ class OnnxRuntimeBackend(Backend):
         return "CUDAExecutionProvider" in ort.get_available_providers()
 
     def providers(self) -> list[str | tuple[str, dict[str, str]]]:
-        if self.context.kind == "GPU":
-            return [
-                ("CUDAExecutionProvider", {"device_id": str(self.context.device_id)}),
-                "CPUExecutionProvider",
-            ]
-        return ["CPUExecutionProvider"]
+        if self.context.kind != "GPU":
+            return ["CPUExecutionProvider"]
+        device = str(self.context.device_id)
+        providers: list[str | tuple[str, dict[str, str]]] = []
+        trt = tensorrt_options(self.config, self.model_path.parent.parent)
+        if trt is not None:
+            if "TensorrtExecutionProvider" in ort.get_available_providers():
+                providers.append(("TensorrtExecutionProvider", {"device_id": device, **trt}))
+            else:
+                log.warning(
+                    "model '%s' asks for TensorRT, which this ONNX Runtime lacks: using CUDA",
+                    self.config.name,
+                )
+        return [*providers, ("CUDAExecutionProvider", {"device_id": device}), "CPUExecutionProvider"]
 
     def load(self) -> None:
         try:
@@ -85,6 +98,28 @@ class OnnxRuntimeBackend(Backend):
 
     def unload(self) -> None:
         self.__dict__.pop("session", None)
+
+
+def tensorrt_options(config: model_config_pb2.ModelConfig, model_dir: Path) -> dict[str, str] | None:
+    """TensorRT execution-provider options from Triton's ``optimization { execution_accelerators {
+    gpu_execution_accelerator: [{ name: "tensorrt", parameters {...} }] } }``; None when not asked for.
+    ``precision_mode`` FP16/INT8 become trt_fp16_enable/trt_int8_enable; trt_* parameters pass through; a relative
+    engine cache path is relative to the model directory."""
+    accelerators = config.optimization.execution_accelerators.gpu_execution_accelerator
+    spec = next((a for a in accelerators if a.name == "tensorrt"), None)
+    if spec is None:
+        return None
+    params = dict(spec.parameters)
+    options = {k: v for k, v in params.items() if k.startswith("trt_")}
+    mode = params.get("precision_mode", "FP32").upper()
+    if mode not in ("FP32", "FP16", "INT8"):
+        raise ModelConfigError(f"model '{config.name}': tensorrt precision_mode must be FP32, FP16 or INT8")
+    options["trt_fp16_enable"] = "1" if mode in ("FP16", "INT8") else options.get("trt_fp16_enable", "0")
+    options["trt_int8_enable"] = "1" if mode == "INT8" else options.get("trt_int8_enable", "0")
+    cache = options.get("trt_engine_cache_path")
+    if cache and not Path(cache).is_absolute():
+        options["trt_engine_cache_path"] = str(model_dir / cache)
+    return options
 
 
 def _to_ort(arr: np.ndarray) -> np.ndarray:
