@@ -13,7 +13,6 @@ Usage (after `bash bench/setup.sh`):
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
 import datetime as dt
 import json
@@ -40,6 +39,7 @@ from _common import (
     machine_description,
     parse_server_breakdown,
     perf_analyzer,
+    perf_row,
     process_cpu_seconds,
     venv_python,
 )
@@ -194,26 +194,22 @@ def perf_command(
 
 def parse_perf_csv(csv_path: Path, transport: str, concurrency: int) -> Result | None:
     """Throughput, p50/p99 client latency and server compute time (usec) from perf_analyzer's -f CSV."""
-    if not csv_path.exists():
+    row = perf_row(csv_path)
+    if row is None:
         return None
-    with csv_path.open(newline="") as f:
-        rows = list(csv.DictReader(f))
-    if not rows:
-        return None
-    row = {k.strip(): v for k, v in rows[0].items() if k is not None}
     compute = [row.get(f"Server Compute {part}") for part in ("Input", "Infer", "Output")]
     return Result(
         transport,
         concurrency,
-        throughput=float(row["Inferences/Second"]),
-        p50_us=float(row["p50 latency"]),
-        p99_us=float(row["p99 latency"]),
-        server_compute_us=sum(float(c) for c in compute) if all(compute) else None,
-        mean_us=float(row["Avg latency"]) if row.get("Avg latency") else None,
-        queue_us=float(row["Server Queue"]) if row.get("Server Queue") else None,
-        input_us=float(compute[0]) if compute[0] else None,
-        infer_us=float(compute[1]) if compute[1] else None,
-        output_us=float(compute[2]) if compute[2] else None,
+        throughput=row["Inferences/Second"],
+        p50_us=row["p50 latency"],
+        p99_us=row["p99 latency"],
+        server_compute_us=sum(c for c in compute if c is not None) if all(compute) else None,
+        mean_us=row.get("Avg latency") or None,
+        queue_us=row.get("Server Queue") or None,
+        input_us=compute[0] or None,
+        infer_us=compute[1] or None,
+        output_us=compute[2] or None,
     )
 
 
@@ -341,7 +337,7 @@ def verdict(results: list[Result], limit_us: float = 500.0) -> str:
     non_model = [v for v in (non_model_us(r, model_us) for r in served) if v is not None]
     cpu = [r.cpu_us_per_request for r in served if r.cpu_us_per_request is not None]
     if not non_model:
-        return "No server-side breakdown was measured (perf_analyzer -v failed or was turned off)."
+        return "No overhead verdict: it needs the raw ORT baseline (not --skip-raw) and the server breakdown (-v)."
     worst, worst_cpu = max(non_model), (max(cpu) if cpu else None)
     well_under = worst <= limit_us / 2
     text = (

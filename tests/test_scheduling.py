@@ -235,6 +235,7 @@ def test_direct_scheduler_runs_one_request_per_instance() -> None:
         rec = Recorder()
         executions: list[Batch] = []
         direct = DirectScheduler(rec, 2, ThreadPoolExecutor(2), executions.append)
+        await direct.start()
         results = await asyncio.gather(*[direct.submit(work(v)) for v in range(4)])
         assert rec.sizes == [1, 1, 1, 1] and len(executions) == 4
         assert [float(r.outputs["y"][0, 0]) for r in results] == [0, 2, 4, 6]
@@ -254,6 +255,7 @@ def test_fast_models_run_inline_after_being_measured(threshold_ns: int, inlined:
             return {"y": feeds["x"]}
 
         direct = DirectScheduler(fast, 1, ThreadPoolExecutor(1), lambda b: None, inline_below_ns=threshold_ns)
+        await direct.start()
         for v in range(12):
             await direct.submit(work(v))
         loop_thread = threading.get_ident()

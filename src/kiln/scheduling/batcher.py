@@ -116,17 +116,9 @@ class Scheduler(ABC):
 class DirectScheduler(Scheduler):
     """No batching: each request takes the next free instance."""
 
-    def __init__(
-        self,
-        execute: Execute,
-        instances: int,
-        executor: Executor,
-        on_execution: ExecutionHook,
-        inline_below_ns: int = INLINE_BELOW_NS,
-    ) -> None:
-        super().__init__(execute, instances, executor, on_execution, inline_below_ns)
+    async def start(self) -> None:
         self.free: asyncio.Queue[int] = asyncio.Queue()
-        for i in range(instances):
+        for i in range(self.instances):
             self.free.put_nowait(i)
 
     async def submit(self, work: Work) -> Result:
