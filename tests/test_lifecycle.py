@@ -266,3 +266,33 @@ def test_api_reload_under_load_zero_failures(repo: Path, tmp_path: Path) -> None
             seen = len(load.versions)
             wait_until(lambda: len(load.versions) > seen + 50)
     assert load.errors == [], load.errors[:5]
+
+
+def test_load_and_unload_parameters_are_checked_once_for_both_transports(repo: Path, tmp_path: Path) -> None:
+    import urllib.error
+    import urllib.request
+
+    with KilnProcess(
+        [repo], "--model-control-mode", "explicit", "--load-model", "*", log_dir=tmp_path
+    ) as server:
+        for action, body in (("unload", {"parameters": {"unload_dependents": "yes"}}),
+                             ("load", {"parameters": {"config": {"max_batch_size": 2}}})):  # fmt: skip
+            req = urllib.request.Request(
+                f"http://{server.http_url}/v2/repository/models/alpha/{action}",
+                data=json.dumps(body).encode(),
+                method="POST",
+            )
+            with pytest.raises(urllib.error.HTTPError) as err:
+                urllib.request.urlopen(req, timeout=10)
+            assert err.value.code == 400
+        import grpc
+        from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+        request = service_pb2.RepositoryModelLoadRequest(model_name="alpha")
+        request.parameters["config"].bool_param = True
+        with grpc.insecure_channel(server.grpc_url) as channel:
+            with pytest.raises(grpc.RpcError) as rpc_err:
+                service_pb2_grpc.GRPCInferenceServiceStub(channel).RepositoryModelLoad(request, timeout=10)
+        assert rpc_err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "'config' must be the model config as a JSON string" in rpc_err.value.details()
+        assert grpcclient.InferenceServerClient(server.grpc_url).is_model_ready("alpha")

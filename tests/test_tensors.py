@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import struct
 import zlib
+from collections.abc import Callable
 
 import numpy as np
 import orjson
@@ -124,19 +125,18 @@ def test_binary_response_layout() -> None:
     assert body[header_len:] == out.tobytes()
 
 
+def raw_deflate(data: bytes) -> bytes:
+    """A bare deflate stream (no zlib header), as some clients send for Content-Encoding: deflate."""
+    c = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+    return c.compress(data) + c.flush()
+
+
 @pytest.mark.parametrize(
-    ("encoding", "pack"),
-    [("gzip", gzip.compress), ("deflate", zlib.compress),
-     ("deflate", lambda b: zlib.compressobj(wbits=-15).compress(b) + zlib.compressobj(wbits=-15).flush())],
-)  # fmt: skip
-def test_decompress(encoding: str, pack: object) -> None:
+    ("encoding", "pack"), [("gzip", gzip.compress), ("deflate", zlib.compress), ("deflate", raw_deflate)]
+)
+def test_decompress(encoding: str, pack: Callable[[bytes], bytes]) -> None:
     data = b"x" * 1000
-    if encoding == "deflate" and not zlib.compress(data).startswith(pack(data)[:2]):  # type: ignore[operator]
-        c = zlib.compressobj(wbits=-15)
-        packed = c.compress(data) + c.flush()
-    else:
-        packed = pack(data)  # type: ignore[operator]
-    assert codec.decompress(packed, encoding, 10_000) == data
+    assert codec.decompress(pack(data), encoding, 10_000) == data
 
 
 def test_decompression_bomb_is_refused() -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -57,13 +58,11 @@ class Core:
         await self.manager.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
 
-    async def load_model(
-        self, name: str, config_json: str | None = None, files: dict[str, bytes] | None = None
-    ) -> None:
-        await self.manager.load(name, config_json, files)
+    async def load_model(self, name: str, parameters: Mapping[str, object] | None = None) -> None:
+        await self.manager.load(name, parameters)
 
-    async def unload_model(self, name: str, unload_dependents: bool = False) -> None:
-        await self.manager.unload(name, unload_dependents)
+    async def unload_model(self, name: str, parameters: Mapping[str, object] | None = None) -> None:
+        await self.manager.unload(name, parameters)
 
     def index(self, ready_only: bool = False) -> list[IndexEntry]:
         return self.manager.index(ready_only)

@@ -70,6 +70,10 @@ class StartupError(KilnError):
 async def serve(options: ServerOptions, stop: asyncio.Event | None = None) -> None:
     """Run until ``stop`` is set or SIGTERM/SIGINT arrives; then stop accepting and drain."""
     stop = stop or asyncio.Event()
+    # every flag that can be wrong is parsed before any model is loaded: a typo fails at once
+    http_restrictions = Restrictions.parse(options.http_restricted_api, "--http-restricted-api")
+    grpc_restrictions = Restrictions.parse(options.grpc_restricted_protocol, "--grpc-restricted-protocol")
+    latency = LatencyOptions.parse(options.metrics_config)
     repository = ModelRepository(options.model_repositories)
     core = Core(
         repository,
@@ -81,7 +85,7 @@ async def serve(options: ServerOptions, stop: asyncio.Event | None = None) -> No
                 poll_interval_s=options.repository_poll_secs,
                 auto_complete=options.auto_complete,
                 default_max_batch_size=options.default_max_batch_size,
-                latency=LatencyOptions.parse(options.metrics_config),
+                latency=latency,
                 max_upload_bytes=options.model_upload_max_bytes,
             ),
         ),
@@ -96,12 +100,18 @@ async def serve(options: ServerOptions, stop: asyncio.Event | None = None) -> No
         if failed and options.exit_on_error:
             names = ", ".join(f"{e.name} ({e.reason or 'version failed'})" for e in failed)
             raise StartupError(f"models failed to load and --exit-on-error is set: {names}")
-        await _run_servers(core, options, stop)
+        await _run_servers(core, options, stop, http_restrictions, grpc_restrictions)
     finally:
         await core.close()
 
 
-async def _run_servers(core: Core, options: ServerOptions, stop: asyncio.Event) -> None:
+async def _run_servers(
+    core: Core,
+    options: ServerOptions,
+    stop: asyncio.Event,
+    http_restrictions: Restrictions,
+    grpc_restrictions: Restrictions,
+) -> None:
     grpc_server = None
     servers: list[_Uvicorn] = []
     tasks: list[asyncio.Task[None]] = []
@@ -115,9 +125,7 @@ async def _run_servers(core: Core, options: ServerOptions, stop: asyncio.Event) 
                 ]
             )
             service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-                InferenceServicer(
-                    core, Restrictions.parse(options.grpc_restricted_protocol, "--grpc-restricted-protocol")
-                ),
+                InferenceServicer(core, grpc_restrictions),
                 grpc_server,
             )
             address = f"{options.host}:{options.grpc_port}"
@@ -131,7 +139,7 @@ async def _run_servers(core: Core, options: ServerOptions, stop: asyncio.Event) 
             http_options = HttpOptions(
                 max_input_bytes=options.http_max_input_bytes,
                 max_upload_bytes=options.model_upload_max_bytes,
-                restrictions=Restrictions.parse(options.http_restricted_api, "--http-restricted-api"),
+                restrictions=http_restrictions,
             )
             app = create_app(core, http_options)
             config = uvicorn.Config(

@@ -16,7 +16,7 @@ from typing import ClassVar
 import numpy as np
 from tritonclient.grpc import model_config_pb2
 
-from kiln.config import ModelIO
+from kiln.config import ModelIO, int_parameter, string_parameter
 
 
 @dataclass(frozen=True)
@@ -64,19 +64,8 @@ class Backend(ABC):
 
     def parameter(self, key: str, default: str | None = None) -> str | None:
         """A string value from config ``parameters { key: ... value: { string_value: ... } }``."""
-        if key in self.config.parameters:
-            return self.config.parameters[key].string_value
-        return default
+        value = string_parameter(self.config, key)
+        return default if value is None else value
 
     def int_parameter(self, key: str, default: int) -> int:
-        from kiln.errors import ModelConfigError
-
-        value = self.parameter(key)
-        if value is None or value == "":
-            return default
-        try:
-            return int(value)
-        except ValueError:
-            raise ModelConfigError(
-                f"model '{self.config.name}': parameter '{key}' must be an integer, got '{value}'"
-            ) from None
+        return int_parameter(self.config, key, default)

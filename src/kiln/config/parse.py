@@ -51,6 +51,24 @@ def parse_config_json(text: str | bytes, source: str = "config override") -> mod
     return config
 
 
+def string_parameter(config: model_config_pb2.ModelConfig, key: str) -> str | None:
+    """A value from ``parameters { key: KEY value: { string_value: ... } }``; None when absent."""
+    return config.parameters[key].string_value if key in config.parameters else None
+
+
+def int_parameter(config: model_config_pb2.ModelConfig, key: str, default: int) -> int:
+    """An integer config parameter; absent or empty gives ``default``, anything else non-integer is an error."""
+    value = string_parameter(config, key)
+    if value is None or value == "":
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ModelConfigError(
+            f"model '{config.name}': parameter '{key}' must be an integer, got '{value}'"
+        ) from None
+
+
 def config_to_dict(message: Message) -> dict[str, Any]:
     """Render a config as Triton does in JSON: every scalar present (defaults included), 64-bit ints as
     numbers (not the strings of proto3 JSON), enums by name, unset sub-messages left out."""

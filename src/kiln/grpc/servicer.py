@@ -13,9 +13,8 @@ from google.protobuf import json_format
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from kiln.core import Core
-from kiln.errors import ErrorCode, InvalidArgumentError, KilnError
+from kiln.errors import ErrorCode, KilnError
 from kiln.grpc import converters
-from kiln.lifecycle import decode_file_overrides
 from kiln.restricted import NO_RESTRICTIONS, Restrictions
 
 log = logging.getLogger(__name__)
@@ -81,26 +80,14 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     async def RepositoryModelLoad(
         self, request: Any, context: Any
     ) -> service_pb2.RepositoryModelLoadResponse:
-        params = {
-            k: getattr(p, p.WhichOneof("parameter_choice") or "string_param")
-            for k, p in request.parameters.items()
-        }
-        config = params.get("config")
-        if config is not None and not isinstance(config, str):
-            raise InvalidArgumentError("'config' must be the model config as a JSON string")
-        await self.core.load_model(request.model_name, config, decode_file_overrides(params))
+        await self.core.load_model(request.model_name, converters.params_from_pb(request.parameters))
         return service_pb2.RepositoryModelLoadResponse()
 
     @guarded("model-repository")
     async def RepositoryModelUnload(
         self, request: Any, context: Any
     ) -> service_pb2.RepositoryModelUnloadResponse:
-        dependents = (
-            request.parameters["unload_dependents"].bool_param
-            if "unload_dependents" in request.parameters
-            else False
-        )
-        await self.core.unload_model(request.model_name, dependents)
+        await self.core.unload_model(request.model_name, converters.params_from_pb(request.parameters))
         return service_pb2.RepositoryModelUnloadResponse()
 
     @guarded("health")

@@ -19,7 +19,6 @@ from kiln.config import config_to_dict
 from kiln.core import Core
 from kiln.errors import CancelledError, ErrorCode, InvalidArgumentError, KilnError
 from kiln.http import codec
-from kiln.lifecycle import decode_file_overrides
 from kiln.restricted import NO_RESTRICTIONS, Restrictions
 
 log = logging.getLogger(__name__)
@@ -159,19 +158,12 @@ def create_app(core: Core, options: HttpOptions | None = None) -> Starlette:
         body = await read_body(
             request, max(options.max_input_bytes, options.max_upload_bytes * 4 // 3 + 65536)
         )
-        params = _parameters(body, "load request")
-        config = params.get("config")
-        if config is not None and not isinstance(config, str):
-            raise InvalidArgumentError("'config' must be the model config as a JSON string")
-        await core.load_model(request.path_params["model"], config, decode_file_overrides(params))
+        await core.load_model(request.path_params["model"], _parameters(body, "load request"))
         return json_response({})
 
     async def unload(request: Request) -> Response:
         params = _parameters(await read_body(request, options.max_input_bytes), "unload request")
-        dependents = params.get("unload_dependents", False)
-        if not isinstance(dependents, bool):
-            raise InvalidArgumentError("'unload_dependents' must be true or false")
-        await core.unload_model(request.path_params["model"], dependents)
+        await core.unload_model(request.path_params["model"], params)
         return json_response({})
 
     def guard(fn: Handler, api: str) -> Handler:

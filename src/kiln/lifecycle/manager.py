@@ -20,6 +20,7 @@ from pathlib import Path
 from tritonclient.grpc import model_config_pb2
 
 from kiln.backends import backend_name
+from kiln.config import parse_config_json
 from kiln.errors import (
     FailedPreconditionError,
     InvalidArgumentError,
@@ -30,7 +31,7 @@ from kiln.errors import (
 )
 from kiln.latency import LatencyOptions
 from kiln.lifecycle.fingerprints import directory_fingerprint, shared_fingerprint, version_fingerprint
-from kiln.lifecycle.uploads import check_model_name, safe_relative_path
+from kiln.lifecycle.uploads import check_model_name, decode_file_overrides, safe_relative_path
 from kiln.model import Model
 from kiln.repository import ModelRepository
 from kiln.scheduling import Scheduler, make_scheduler
@@ -173,16 +174,18 @@ class ModelManager:
                 "(--model-control-mode poll)"
             )
 
-    async def load(
-        self, name: str, config_json: str | None = None, files: Mapping[str, bytes] | None = None
-    ) -> ModelEntry:
-        """The repository API's load: (re)load ``name`` from the repository, or from the files sent."""
+    async def load(self, name: str, parameters: Mapping[str, object] | None = None) -> ModelEntry:
+        """The repository API's load: (re)load ``name`` from the repository, or from the files sent.
+        ``parameters``: the request's, as decoded by a transport: ``config`` (JSON text) and ``file:<path>``."""
         self._check_mode()
         check_model_name(name)
+        parameters = parameters or {}
+        config_json = parameters.get("config")
+        if config_json is not None and not isinstance(config_json, str):
+            raise InvalidArgumentError("'config' must be the model config as a JSON string")
+        files = decode_file_overrides(parameters)
         override = None
         if config_json is not None:
-            from kiln.config import parse_config_json
-
             override = parse_config_json(config_json, f"config override for model '{name}'")
         workdir = None
         if files:
@@ -202,9 +205,14 @@ class ModelManager:
             )
         return entry
 
-    async def unload(self, name: str, unload_dependents: bool = False, check_mode: bool = True) -> None:
+    async def unload(
+        self, name: str, parameters: Mapping[str, object] | None = None, check_mode: bool = True
+    ) -> None:
         """Stop routing requests to ``name``; in-flight requests finish; then its memory is freed.
-        (``unload_dependents`` concerns ensembles, which Kiln does not have yet: nothing depends on a model.)"""
+        (The ``unload_dependents`` parameter concerns ensembles, which Kiln does not have yet: nothing depends
+        on a model, so it is checked and has nothing to do.)"""
+        if not isinstance((parameters or {}).get("unload_dependents", False), bool):
+            raise InvalidArgumentError("'unload_dependents' must be true or false")
         if check_mode:
             self._check_mode()
             check_model_name(name)

@@ -183,13 +183,11 @@ def resolve(target: Path) -> Artifact:
     if not config.exists() and (target.parent / "config.pbtxt").exists():
         model_dir, config = target.parent, target.parent / "config.pbtxt"
     if config.exists():
-        from kiln.config import load_config
+        from kiln.config import int_parameter, load_config, string_parameter
 
         cfg = load_config(config)
-        if "intra_op_thread_count" in cfg.parameters:
-            threads = int(cfg.parameters["intra_op_thread_count"].string_value)
-        if "inference_precision" in cfg.parameters:
-            precision = cfg.parameters["inference_precision"].string_value
+        threads = int_parameter(cfg, "intra_op_thread_count", 0) or None
+        precision = string_parameter(cfg, "inference_precision") or precision
     version_dir = target
     if model_dir == target:
         versions = sorted(int(p.name) for p in target.iterdir() if p.is_dir() and p.name.isdigit())

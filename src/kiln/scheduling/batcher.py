@@ -21,7 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 from tritonclient.grpc import model_config_pb2
 
-from kiln.errors import ModelConfigError, UnavailableError
+from kiln.config import int_parameter
+from kiln.errors import UnavailableError
 from kiln.scheduling.queue import Pending, RequestQueue
 
 log = logging.getLogger(__name__)
@@ -365,12 +366,4 @@ def make_scheduler(
 
 def _inline_threshold_ns(config: model_config_pb2.ModelConfig) -> int:
     """``parameters { key: "inline_execution_threshold_us" ... }``: 0 turns inline execution off."""
-    if "inline_execution_threshold_us" not in config.parameters:
-        return INLINE_BELOW_NS
-    value = config.parameters["inline_execution_threshold_us"].string_value
-    try:
-        return int(value) * 1000
-    except ValueError:
-        raise ModelConfigError(
-            f"model '{config.name}': parameter inline_execution_threshold_us must be an integer, got '{value}'"
-        ) from None
+    return int_parameter(config, "inline_execution_threshold_us", INLINE_BELOW_NS // 1000) * 1000
