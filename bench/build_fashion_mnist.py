@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kiln.build import BuildOptions, CalibrationMethod, CalibrationOptions, Precision, Target, build
+from kiln.builder import BuildOptions, CalibrationMethod, CalibrationOptions, Precision, Target, build
 from kiln.perf.bench import host
 
 DATA = Path("/usr/share/datasets/fashion-mnist")

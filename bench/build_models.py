@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kiln.build import BuildOptions, CalibrationOptions, Precision, ShapeProfile, Target, build
+from kiln.builder import BuildOptions, CalibrationOptions, Precision, ShapeProfile, Target, build
 from kiln.perf import BenchOptions, bench
 from kiln.perf.bench import host
 
@@ -308,9 +308,9 @@ def peer_quantize(source: Path, cal: dict[str, np.ndarray], out: Path) -> Path:
 
 def peer_accuracy(source: Path, peer: Path, val: dict[str, np.ndarray]) -> dict[str, object]:
     """The peer measured with the same metrics as kiln's gate, on the same validation samples."""
-    from kiln.build.accuracy import compare
-    from kiln.build.data import Dataset
-    from kiln.build.report import Reporter
+    from kiln.builder.accuracy import compare
+    from kiln.builder.data import Dataset
+    from kiln.builder.report import Reporter
     from kiln.perf.runners import OrtRunner
 
     n = len(next(iter(val.values())))

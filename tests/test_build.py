@@ -11,7 +11,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from kiln.build import (
+from kiln.builder import (
     AccuracyGateError,
     BuildOptions,
     CalibrationMethod,
@@ -177,8 +177,8 @@ def test_image_calibration_folder_with_labels(work: Path) -> None:
     for i in range(12):
         pil.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(folder / f"img{i:02d}.png")
     (folder / "labels.txt").write_text(" ".join(str(i % 10) for i in range(12)))
-    from kiln.build import Preprocessing
-    from kiln.build.data import graph_inputs, load_dataset
+    from kiln.builder import Preprocessing
+    from kiln.builder.data import graph_inputs, load_dataset
 
     inputs = graph_inputs(onnx.load(str(work / "conv.onnx")))
     data = load_dataset(folder, inputs, Preprocessing.INCEPTION)
@@ -280,7 +280,7 @@ def test_extreme_mask_values_stay_fp32(work: Path) -> None:
 def test_gpu_without_gpu_is_a_clear_error(work: Path) -> None:
     if "CUDAExecutionProvider" in ort.get_available_providers():
         pytest.skip("a GPU build of onnxruntime is installed")
-    from kiln.build import Device
+    from kiln.builder import Device
 
     with pytest.raises(KilnError, match="no CUDAExecutionProvider"):
         build(_options(work, "conv", "conv_gpu", device=Device.GPU))

@@ -31,7 +31,7 @@ def _blocked(code: str, cwd: Path | None = None) -> subprocess.CompletedProcess[
 
 def test_import_and_help_work_without_optional_runtimes() -> None:
     code = """
-import kiln, kiln.build, kiln.perf, kiln.backends.openvino
+import kiln, kiln.builder, kiln.perf, kiln.backends.openvino
 from kiln.cli.main import main
 for argv in (['--help'], ['build', '--help'], ['bench', '--help']):
     try:

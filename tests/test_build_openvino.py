@@ -13,7 +13,7 @@ pytest.importorskip("nncf")
 
 from kiln.backends.base import BackendContext
 from kiln.backends.openvino import OpenVinoBackend
-from kiln.build import BuildOptions, CalibrationMethod, CalibrationOptions, Precision, Target, build
+from kiln.builder import BuildOptions, CalibrationMethod, CalibrationOptions, Precision, Target, build
 from kiln.config import load_config
 from kiln.errors import InvalidArgumentError
 from kiln.perf import BenchOptions, bench

@@ -12,7 +12,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
-from kiln.build import BuildOptions, CalibrationOptions, Precision, Target, build
+from kiln.builder import BuildOptions, CalibrationOptions, Precision, Target, build
 from servers import KilnProcess
 from test_build_models import conv_net, save, write_samples
 

@@ -10,7 +10,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from kiln.build import BuildOptions, build  # noqa: E402
+from kiln.builder import BuildOptions, build  # noqa: E402
 from kiln.config import load_config  # noqa: E402
 
 

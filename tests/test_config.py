@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 
 from kiln.config import ModelIO, autocomplete, config_to_dict, parse_config, validate
-from kiln.datatypes import BY_NAME
 from kiln.errors import ModelConfigError
 from kiln.examples import models, write_model
 from kiln.model import Model
 from kiln.repository import ModelRepository
+from kiln.types.datatypes import BY_NAME
 
 FP32 = BY_NAME["FP32"]
 

@@ -10,7 +10,7 @@ import pytest
 import tritonclient.http as httpclient
 
 from kiln.errors import InvalidArgumentError
-from kiln.latency import LatencyOptions, LatencyWindow
+from kiln.stats.latency import LatencyOptions, LatencyWindow
 from servers import KilnProcess
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kiln.build import BuildOptions, CalibrationOptions, Precision, build
+from kiln.builder import BuildOptions, CalibrationOptions, Precision, build
 from kiln.errors import InvalidArgumentError
 from kiln.perf import BenchOptions, LatencyStats, bench
 from kiln.perf.report import print_results, results_json, write_histogram, write_json

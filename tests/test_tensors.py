@@ -11,11 +11,10 @@ import numpy as np
 import orjson
 import pytest
 
-from kiln import tensors
-from kiln.datatypes import BY_NAME
 from kiln.errors import InvalidArgumentError
 from kiln.http import codec
-from kiln.types import InferResponse, OutputTensor
+from kiln.types import InferResponse, OutputTensor, tensors
+from kiln.types.datatypes import BY_NAME
 
 
 @pytest.mark.parametrize("name", [n for n in BY_NAME if n != "BYTES"])
@@ -91,11 +90,13 @@ def test_binary_request_decodes_inputs_in_order() -> None:
         ], "outputs": [{"name": "y", "parameters": {"binary_data": True, "classification": 2}}]},
         a.tobytes(), b.tobytes(),
     )  # fmt: skip
-    req = codec.decode_infer_request(body, length, "m", "")
+    req, binary = codec.decode_infer_request(body, length, "m", "")
     assert req.id == "r1"
     np.testing.assert_array_equal(req.inputs[0].data, a)
     np.testing.assert_array_equal(req.inputs[1].data, b)
-    assert req.outputs is not None and req.outputs[0].binary is True and req.outputs[0].classification == 2
+    assert req.outputs is not None and req.outputs[0].classification == 2
+    # the HTTP-only switch stays in the HTTP codec, not on the protocol types
+    assert binary.binary("y") and not binary.binary("z") and "binary_data" not in req.outputs[0].parameters
 
 
 @pytest.mark.parametrize("extra", [b"", b"\x00" * 8])
@@ -114,10 +115,10 @@ def test_binary_sizes_must_add_up(extra: bytes) -> None:
 def test_binary_response_layout() -> None:
     out = np.arange(3, dtype=np.int32)
     resp = InferResponse("m", "1", "", [
-        OutputTensor("bin", BY_NAME["INT32"], (3,), out, True),
-        OutputTensor("json", BY_NAME["INT32"], (3,), out, None),
+        OutputTensor("bin", BY_NAME["INT32"], (3,), out),
+        OutputTensor("json", BY_NAME["INT32"], (3,), out),
     ])  # fmt: skip
-    body, header_len = codec.encode_infer_response(resp, binary_default=False)
+    body, header_len = codec.encode_infer_response(resp, codec.BinaryChoice(False, {"bin": True}))
     assert header_len is not None
     header = orjson.loads(body[:header_len])
     assert header["outputs"][0]["parameters"]["binary_data_size"] == 12

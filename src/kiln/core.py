@@ -5,32 +5,41 @@ The one home of serving logic: the HTTP and gRPC transports only decode, call a 
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import queue
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from tritonclient.grpc import model_config_pb2
-
 import kiln
+from kiln.config.schema import model_config_pb2
 from kiln.errors import (
+    InternalError,
     InvalidArgumentError,
     NotFoundError,
     UnavailableError,
     UnimplementedError,
 )
-from kiln.lifecycle import IndexEntry, LifecycleOptions, ModelEntry, ModelManager, ModelState
-from kiln.model import Model
+from kiln.lifecycle import IndexEntry, LifecycleOptions, ModelEntry, ModelManager, ModelState, VersionStatus
+from kiln.model import Model, PreparedRequest
 from kiln.repository import ModelRepository
-from kiln.scheduling import Work
+from kiln.scheduling import Batch, ResponseSender, Scheduler, Work
 from kiln.stats import ModelStats
 from kiln.types import InferRequest, InferResponse, ModelMetadata, ServerMetadata
 
 log = logging.getLogger(__name__)
 
-EXTENSIONS = ["classification", "binary_tensor_data", "model_configuration", "model_repository", "statistics"]
+EXTENSIONS = [
+    "classification",
+    "binary_tensor_data",
+    "model_configuration",
+    "model_repository",
+    "model_repository(unload_dependents)",
+    "statistics",
+]
 
 
 @dataclass(frozen=True)
@@ -44,11 +53,13 @@ class Core:
     def __init__(self, repository: ModelRepository, options: CoreOptions | None = None) -> None:
         self.options = options or CoreOptions()
         self.executor = ThreadPoolExecutor(self.options.executor_threads, thread_name_prefix="kiln-exec")
-        self.manager = ModelManager(repository, self.options.lifecycle, self.executor)
+        self.caller = CoreCaller(self)
+        self.manager = ModelManager(repository, self.options.lifecycle, self.executor, self.caller)
         self.live = True
 
     # -- lifecycle -----------------------------------------------------------------------------------------
     async def start(self) -> None:
+        self.caller.loop = asyncio.get_running_loop()
         await self.manager.start()
 
     def failed_models(self) -> list[ModelEntry]:
@@ -110,43 +121,110 @@ class Core:
 
     # -- inference -----------------------------------------------------------------------------------------
     async def infer(self, request: InferRequest) -> InferResponse:
-        status = self.manager.resolve(request.model_name, request.model_version)
-        model, stats, scheduler = status.model, status.stats, status.scheduler
-        assert model is not None and stats is not None and scheduler is not None
-        start = time.perf_counter_ns()
-        stats.pending += 1
-        status.enter()
+        """One request, one response (HTTP, unary gRPC, BLS). A decoupled model is refused: it may answer with
+        any number of responses, which only a stream can carry."""
+        admitted = self._admit(request, streaming=False)
+        status, model, work, prepared = admitted.status, admitted.model, admitted.work, admitted.prepared
+        stats, start = admitted.stats, admitted.start_ns
         try:
-            _refuse_unsupported_parameters(request)
-            prepared = model.prepare(request)
-            work = Work(
-                prepared.feeds,
-                [o.name for o in prepared.outputs],
-                prepared.batch_size,
-                _uint_parameter(request, "priority") or 0,
-                _uint_parameter(request, "timeout"),
-            )
-            prepared_at = time.perf_counter_ns()
-            result = await scheduler.submit(work)
+            await admitted.scheduler.submit(work)
+            reply = await work.sender.result()
             returned_at = time.perf_counter_ns()
-            response = model.respond(request, prepared, result.outputs)
+            if reply.error is not None:
+                raise reply.error
+            assert reply.outputs is not None
+            response = model.respond(request, prepared, reply.outputs, reply.parameters)
         except BaseException as e:
+            if isinstance(e, asyncio.CancelledError):
+                request.cancellation.cancel()
             stats.record_failure(time.perf_counter_ns() - start, e)
             raise
         finally:
             stats.pending -= 1
             status.leave()
-        end = time.perf_counter_ns()
-        b = result.batch
-        stats.record_success(
-            end - start, b.queue_ns, prepared_at - start + b.input_ns, b.infer_ns, b.output_ns + end - returned_at,
-            prepared.batch_size,
-        )  # fmt: skip
+        admitted.record_success(returned_at)
         return response
 
-    def statistics(self, name: str = "", version: str = "") -> list[dict[str, Any]]:
-        """Triton's model_stats entries: every ready version, or one model (all its ready versions), or one
-        version."""
+    async def stream(self, request: InferRequest) -> AsyncIterator[InferResponse]:
+        """Every response of one request as it is produced (gRPC ModelStreamInfer, decoupled BLS calls); the last
+        has ``final`` set. A non-decoupled model yields exactly one response. A final flag sent alone (no
+        outputs) comes as a response without outputs."""
+        model = self.get_model(request.model_name, request.model_version)
+        if not model.decoupled:
+            yield await self.infer(request)
+            return
+        admitted = self._admit(request, streaming=True)
+        status, model, work, prepared = admitted.status, admitted.model, admitted.work, admitted.prepared
+        stats, start = admitted.stats, admitted.start_ns
+        submitted = asyncio.ensure_future(admitted.scheduler.submit(work))
+        submitted.add_done_callback(lambda t: _fail_on_rejection(t, work))
+        failed: BaseException | None = None
+        try:
+            while True:
+                reply = await work.sender.next()
+                if reply.error is not None:
+                    failed = reply.error
+                    if reply.final:
+                        raise reply.error
+                    yield InferResponse(
+                        model.name, str(model.version), request.id, [], final=False, error=failed
+                    )
+                    continue
+                if reply.outputs is None:
+                    yield InferResponse(
+                        model.name, str(model.version), request.id, [], dict(reply.parameters)
+                    )
+                else:
+                    response = model.respond(request, prepared, reply.outputs, reply.parameters, reply.final)
+                    yield response
+                if reply.final:
+                    break
+            await submitted
+        except BaseException as e:
+            if not work.sender.closed or isinstance(e, (asyncio.CancelledError, GeneratorExit)):
+                request.cancellation.cancel()
+            stats.record_failure(time.perf_counter_ns() - start, e)
+            raise
+        finally:
+            stats.pending -= 1
+            status.leave()
+        if failed is not None:
+            stats.record_failure(time.perf_counter_ns() - start, failed)
+            return
+        admitted.record_success(time.perf_counter_ns())
+
+    def _admit(self, request: InferRequest, streaming: bool) -> _Admitted:
+        """Resolve the model, check the request, and build its Work (counted as pending from here)."""
+        start = time.perf_counter_ns()
+        status = self.manager.resolve(request.model_name, request.model_version)
+        model, stats = status.model, status.stats
+        assert model is not None and stats is not None
+        if model.decoupled and not streaming:
+            raise UnimplementedError(
+                f"model '{model.name}' uses the decoupled transaction policy (any number of responses per "
+                f"request), which a one-response endpoint cannot carry; use gRPC ModelStreamInfer"
+            )
+        stats.pending += 1
+        status.enter()
+        try:
+            bind_reserved_parameters(request)
+            _refuse_unsupported_parameters(request)
+            prepared = model.prepare(request)
+        except BaseException as e:
+            stats.pending -= 1
+            status.leave()
+            stats.record_failure(time.perf_counter_ns() - start, e)
+            raise
+        sender = ResponseSender(asyncio.get_running_loop(), decoupled=model.decoupled)
+        work = Work(request, prepared.feeds, [o.name for o in prepared.outputs], prepared.batch_size, sender)
+        assert status.scheduler is not None
+        return _Admitted(
+            status, model, stats, status.scheduler, work, prepared, start, time.perf_counter_ns()
+        )
+
+    def statistics(self, name: str = "", version: str = "") -> list[ModelStats]:
+        """Every ready version, or one model (all its ready versions), or one version; typed: each transport
+        renders them in its own format."""
         models = self.manager.models
         if name:
             if version:
@@ -156,7 +234,7 @@ class Core:
                 statuses = [s for s in models[name].versions.values() if s.stats is not None]
         else:
             statuses = [s for e in models.values() for s in e.versions.values() if s.stats is not None]
-        return [s.stats.as_dict() for s in statuses if s.stats is not None]
+        return [s.stats for s in statuses if s.stats is not None]
 
     def all_stats(self) -> list[ModelStats]:
         return [
@@ -164,10 +242,128 @@ class Core:
         ]
 
 
-def _uint_parameter(request: InferRequest, key: str) -> int | None:
-    value = request.parameters.get(key)
-    if value is None:
-        return None
+class CoreCaller:
+    """The ``infer`` callable the composition root hands to backends (BLS, ensembles): model-to-model calls go
+    through the core, so the callee's scheduling, batching, statistics and metrics apply."""
+
+    def __init__(self, core: Core) -> None:
+        self.core = core
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    async def infer(self, request: InferRequest) -> InferResponse:
+        return await self.core.infer(request)
+
+    def stream(self, request: InferRequest) -> AsyncIterator[InferResponse]:
+        return self.core.stream(request)
+
+    def _loop_for_sync(self) -> asyncio.AbstractEventLoop:
+        loop = self.loop
+        if loop is None or loop.is_closed():
+            raise UnavailableError("the server is not running")
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            raise InternalError("a blocking model call was made on the event loop; use the async call")
+        return loop
+
+    def infer_sync(self, request: InferRequest) -> InferResponse:
+        loop = self._loop_for_sync()
+        return asyncio.run_coroutine_threadsafe(self.core.infer(request), loop).result()
+
+    def stream_sync(self, request: InferRequest) -> Iterator[InferResponse]:
+        """Responses as they come, to a worker thread (a thread-safe queue between the loop and the caller)."""
+        loop = self._loop_for_sync()
+        responses: queue.SimpleQueue[InferResponse | BaseException | None] = queue.SimpleQueue()
+
+        async def pump() -> None:
+            try:
+                async for response in self.core.stream(request):
+                    responses.put(response)
+            except BaseException as e:  # delivered to the calling thread
+                responses.put(e)
+            finally:
+                responses.put(None)
+
+        future = asyncio.run_coroutine_threadsafe(pump(), loop)
+        try:
+            while (item := responses.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            if not future.done():
+                request.cancellation.cancel()
+                future.cancel()
+
+
+@dataclass(eq=False)
+class _Admitted:
+    """A checked request on its way through one model version."""
+
+    status: VersionStatus
+    model: Model
+    stats: ModelStats
+    scheduler: Scheduler
+    work: Work
+    prepared: PreparedRequest
+    start_ns: int
+    prepared_ns: int  # when the request checks were done
+
+    def record_success(self, returned_at: int) -> None:
+        """Triton's split: compute_input includes the checks before queueing, compute_output the response
+        building after the backend returned."""
+        end = time.perf_counter_ns()
+        b = self.work.timing or Batch(self.prepared.batch_size)
+        self.stats.record_success(
+            end - self.start_ns,
+            b.queue_ns,
+            self.prepared_ns - self.start_ns + b.input_ns,
+            b.infer_ns,
+            b.output_ns + end - returned_at,
+            self.prepared.batch_size,
+        )
+
+
+def _fail_on_rejection(task: asyncio.Task[None], work: Work) -> None:
+    """A stream's scheduler refused or timed out its request before execution: end the stream with that error."""
+    if not task.cancelled() and task.exception() is not None:
+        work.sender.fail_if_open(task.exception())  # type: ignore[arg-type]
+
+
+RESERVED_PARAMETERS = ("sequence_id", "sequence_start", "sequence_end", "priority", "timeout")
+
+
+def bind_reserved_parameters(request: InferRequest) -> None:
+    """Move the protocol's reserved request parameters into the request's typed fields (checked)."""
+    params = request.parameters
+    if not any(key in params for key in RESERVED_PARAMETERS):
+        return
+    if "sequence_id" in params:
+        value = params.pop("sequence_id")
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | str)
+            or (isinstance(value, int) and value < 0)
+        ):
+            raise InvalidArgumentError(
+                f"request parameter 'sequence_id' must be an unsigned integer or a string, got {value!r}"
+            )
+        request.correlation_id = value
+    for key in ("sequence_start", "sequence_end"):
+        if key in params:
+            value = params.pop(key)
+            if not isinstance(value, bool):
+                raise InvalidArgumentError(f"request parameter '{key}' must be true or false, got {value!r}")
+            setattr(request, key, value)
+    if "priority" in params:
+        request.priority = _uint(params.pop("priority"), "priority")
+    if "timeout" in params:
+        request.timeout_us = _uint(params.pop("timeout"), "timeout")
+
+
+def _uint(value: Any, key: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise InvalidArgumentError(f"request parameter '{key}' must be an unsigned integer, got {value!r}")
     return value

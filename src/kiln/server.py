@@ -20,11 +20,11 @@ from kiln.core import Core, CoreOptions
 from kiln.errors import KilnError
 from kiln.grpc.servicer import InferenceServicer
 from kiln.http.app import HttpOptions, create_app
-from kiln.latency import LatencyOptions
 from kiln.lifecycle import ControlMode, LifecycleOptions
-from kiln.metrics import build_registry
 from kiln.repository import ModelRepository
 from kiln.restricted import Restrictions
+from kiln.stats.latency import LatencyOptions
+from kiln.stats.prometheus import build_registry
 
 log = logging.getLogger("kiln.server")
 

@@ -3,27 +3,27 @@
 from __future__ import annotations
 
 import importlib
+from dataclasses import dataclass
 from pathlib import Path
 
-from tritonclient.grpc import model_config_pb2
-
-from kiln.backends.base import Backend, BackendContext
+from kiln.backends.base import Backend, BackendContext, ExecutionShape, ModelCaller
+from kiln.config.schema import model_config_pb2
 from kiln.errors import ModelConfigError, UnimplementedError
 
-# backend name -> (module, class, platform names that select it, file names that identify it)
-_REGISTRY: dict[str, tuple[str, str, tuple[str, ...], tuple[str, ...]]] = {
-    "onnxruntime": (
-        "kiln.backends.onnxruntime",
-        "OnnxRuntimeBackend",
-        ("onnxruntime_onnx",),
-        ("model.onnx",),
+
+@dataclass(frozen=True)
+class BackendSpec:
+    module: str  # imported when a model of this backend loads
+    cls: str
+    platforms: tuple[str, ...] = ()  # platform names that select it
+    files: tuple[str, ...] = ()  # model file (or folder) names that identify it in a version folder
+
+
+_REGISTRY: dict[str, BackendSpec] = {
+    "onnxruntime": BackendSpec(
+        "kiln.backends.onnxruntime", "OnnxRuntimeBackend", ("onnxruntime_onnx",), ("model.onnx",)
     ),
-    "openvino": (
-        "kiln.backends.openvino",
-        "OpenVinoBackend",
-        ("openvino",),
-        ("model.xml",),
-    ),
+    "openvino": BackendSpec("kiln.backends.openvino", "OpenVinoBackend", ("openvino",), ("model.xml",)),
 }
 # Known to Triton, not (yet) served by Kiln: refused with a clear message instead of a vague failure.
 _NOT_YET = {
@@ -36,18 +36,24 @@ _NOT_YET = {
 _NOT_YET_BACKENDS = {"tensorrt", "tensorflow", "pytorch", "python", "ensemble", "fil", "dali"}
 
 
+def register_backend(name: str, spec: BackendSpec) -> None:
+    """Add (or replace) a backend: how extensions and tests plug a runtime in without touching the core."""
+    _REGISTRY[name] = spec
+
+
 def backend_name(config: model_config_pb2.ModelConfig, model_dir: Path) -> str:
     """Which backend serves this config: ``backend``, else ``platform``, else the files present."""
     if config.backend:
         name = config.backend
     elif config.platform:
-        name = next((b for b, spec in _REGISTRY.items() if config.platform in spec[2]), "")
+        name = next((b for b, spec in _REGISTRY.items() if config.platform in spec.platforms), "")
         if not name:
             name = _NOT_YET.get(config.platform, config.platform)
     else:
         name = ""
         for b, spec in _REGISTRY.items():
-            if any(p.is_file() for fname in spec[3] for p in model_dir.glob(f"*/{fname}")):
+            # a model "file" may be a folder (TensorFlow SavedModel)
+            if any(p.exists() for fname in spec.files for p in model_dir.glob(f"*/{fname}")):
                 name = b
                 break
         if not name:
@@ -65,8 +71,17 @@ def backend_name(config: model_config_pb2.ModelConfig, model_dir: Path) -> str:
 
 
 def backend_class(name: str) -> type[Backend]:
-    module_name, class_name, _, _ = _REGISTRY[name]
-    return getattr(importlib.import_module(module_name), class_name)
+    spec = _REGISTRY[name]
+    return getattr(importlib.import_module(spec.module), spec.cls)
 
 
-__all__ = ["Backend", "BackendContext", "backend_class", "backend_name"]
+__all__ = [
+    "Backend",
+    "BackendContext",
+    "BackendSpec",
+    "ExecutionShape",
+    "ModelCaller",
+    "backend_class",
+    "backend_name",
+    "register_backend",
+]

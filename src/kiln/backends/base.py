@@ -1,22 +1,57 @@
-"""The small backend interface: load -> signature -> execute(batch) -> unload.
+"""The small backend interface: load -> signature -> execute -> unload.
 
-A backend knows one runtime and nothing about transports, batching or statistics. The core validates requests
-against the (completed) config before calling :meth:`Backend.execute`.
+A backend knows one runtime and nothing about transports, queues or statistics. It picks one of two execution
+shapes:
+
+- ``BATCHED``: the runtime takes one merged batch of tensors (ONNX Runtime, OpenVINO, TorchScript, TF, TFLite).
+  The scheduler merges the requests of a batch, calls :meth:`Backend.execute`, and splits the outputs; if a merged
+  batch fails, each request is retried alone so one bad request fails only itself.
+- ``PER_REQUEST``: the backend gets the scheduled requests themselves (:meth:`Backend.execute_requests`) and
+  answers each one through its :class:`~kiln.scheduling.work.ResponseSender`: one response, or (decoupled models)
+  zero or more and then the final flag. The Python backend works this way, as Triton's does.
+
+A backend that calls other models (BLS, ensembles) uses ``context.caller``, which the composition root injects:
+it goes through the core, so scheduling, statistics and metrics apply to the inner calls too.
 """
 
 from __future__ import annotations
 
+import enum
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar, Protocol
 
 import numpy as np
-from tritonclient.grpc import model_config_pb2
 
 from kiln.config import ModelIO, int_parameter, string_parameter
+from kiln.config.schema import model_config_pb2
+from kiln.errors import UnimplementedError
+from kiln.types import InferRequest, InferResponse
+
+if TYPE_CHECKING:
+    from kiln.scheduling.work import Work
+
+
+class ExecutionShape(enum.Enum):
+    BATCHED = "batched"
+    PER_REQUEST = "per-request"
+
+
+class ModelCaller(Protocol):
+    """Model-to-model calls through the core (injected; backends never import the core)."""
+
+    async def infer(self, request: InferRequest) -> InferResponse: ...
+
+    def stream(self, request: InferRequest) -> AsyncIterator[InferResponse]: ...
+
+    def infer_sync(self, request: InferRequest) -> InferResponse:
+        """From a backend's worker thread (never the event loop): blocks until the answer."""
+        ...
+
+    def stream_sync(self, request: InferRequest) -> Iterator[InferResponse]: ...
 
 
 @dataclass(frozen=True)
@@ -27,6 +62,8 @@ class BackendContext:
     instance_count: int = 1  # CPU instances of this model sharing the cores
     kind: str = "CPU"  # "CPU" or "GPU"
     device_id: int = 0
+    instance_name: str = ""
+    caller: ModelCaller | None = None  # None outside a server (kiln bench, kiln build)
 
 
 class Backend(ABC):
@@ -34,12 +71,13 @@ class Backend(ABC):
     name: ClassVar[str]
     platform: ClassVar[str]
     default_filename: ClassVar[str]
+    shape: ClassVar[ExecutionShape] = ExecutionShape.BATCHED
 
     def __init__(
         self, config: model_config_pb2.ModelConfig, model_path: Path, context: BackendContext
     ) -> None:
         self.config = config
-        self.model_path = model_path
+        self.model_path = model_path  # a file, or a folder (SavedModel, Python model version folder)
         self.context = context
 
     @classmethod
@@ -51,13 +89,27 @@ class Backend(ABC):
     def load(self) -> None:
         """Create the runtime session. Raise ModelLoadError with the reason on failure."""
 
-    @abstractmethod
-    def signature(self) -> tuple[list[ModelIO], list[ModelIO]]:
-        """The model file's own inputs and outputs (used to auto-complete and validate the config)."""
+    def signature(self) -> tuple[list[ModelIO], list[ModelIO]] | None:
+        """The model file's own inputs and outputs (to auto-complete and validate the config), or None when the
+        runtime cannot read them (TorchScript, Python models): the config alone then describes the model."""
+        return None
 
-    @abstractmethod
+    def settings(self) -> dict[str, object]:
+        """The runtime settings in force (threads, providers, ...): shown by ``kiln bench`` and the load log."""
+        return {}
+
+    def dependencies(self) -> list[str]:
+        """Models this one calls (ensemble steps, declared BLS targets): the lifecycle keeps the graph."""
+        return []
+
     def execute(self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str]) -> dict[str, np.ndarray]:
-        """Run one (possibly batched) request. Inputs already match the config; return the named outputs."""
+        """BATCHED: run one (possibly merged) batch. Inputs already match the config; return the named outputs."""
+        raise UnimplementedError(f"backend '{self.name}' does not execute merged batches")
+
+    def execute_requests(self, works: list[Work]) -> None:
+        """PER_REQUEST: run the scheduled requests and answer each through ``work.sender`` (from this thread or
+        later from any other). An exception fails every request of the call that is not answered yet."""
+        raise UnimplementedError(f"backend '{self.name}' does not execute per request")
 
     def unload(self) -> None:  # noqa: B027 - optional hook
         """Release runtime resources."""
@@ -69,3 +121,7 @@ class Backend(ABC):
 
     def int_parameter(self, key: str, default: int) -> int:
         return int_parameter(self.config, key, default)
+
+    def default_threads(self) -> int:
+        """Cores shared between this model's CPU instances, so N instances don't oversubscribe the machine."""
+        return max(1, self.context.cpu_count // max(1, self.context.instance_count))

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-from tritonclient.grpc import model_config_pb2
 
 from kiln.backends.base import Backend
 from kiln.config import ModelIO
-from kiln.datatypes import BY_ONNX
+from kiln.config.schema import model_config_pb2
 from kiln.errors import InternalError, InvalidArgumentError, ModelConfigError, ModelLoadError
+from kiln.types.datatypes import BY_ONNX
 
 log = logging.getLogger(__name__)
 
@@ -30,12 +30,22 @@ class OnnxRuntimeBackend(Backend):
     default_filename = "model.onnx"
 
     session: ort.InferenceSession
+    #: an in-memory model (``kiln build`` runs its intermediate graphs without writing them); else the file
+    model_bytes: bytes | None = None
+
+    def settings(self) -> dict[str, object]:
+        opts = getattr(self, "_options", None) or self.session_options()
+        return {
+            "runtime": f"onnxruntime {ort.__version__}",
+            "intra_op_threads": opts.intra_op_num_threads,
+            "inter_op_threads": opts.inter_op_num_threads,
+            "graph_optimization": str(opts.graph_optimization_level).rsplit(".", 1)[-1],
+            "providers": self.session.get_providers() if hasattr(self, "session") else self.providers(),
+        }
 
     def session_options(self) -> ort.SessionOptions:
         opts = ort.SessionOptions()
-        # Default: share the cores between instances so N instances don't oversubscribe the machine.
-        default_intra = max(1, self.context.cpu_count // max(1, self.context.instance_count))
-        opts.intra_op_num_threads = self.int_parameter("intra_op_thread_count", default_intra)
+        opts.intra_op_num_threads = self.int_parameter("intra_op_thread_count", self.default_threads())
         opts.inter_op_num_threads = self.int_parameter("inter_op_thread_count", 1)
         if opts.inter_op_num_threads > 1:
             opts.execution_mode = ort.ExecutionMode.ORT_PARALLEL
@@ -65,14 +75,16 @@ class OnnxRuntimeBackend(Backend):
         return [*providers, ("CUDAExecutionProvider", {"device_id": device}), "CPUExecutionProvider"]
 
     def load(self) -> None:
+        self._options = self.session_options()
+        source: str | bytes = self.model_bytes if self.model_bytes is not None else str(self.model_path)
         try:
             self.session = ort.InferenceSession(
-                str(self.model_path), sess_options=self.session_options(), providers=self.providers()
+                source, sess_options=self._options, providers=self.providers()
             )
         except Exception as e:  # ORT raises its own pybind exception types
             raise ModelLoadError(f"ONNX Runtime could not load {self.model_path.name}: {e}") from None
 
-    def signature(self) -> tuple[list[ModelIO], list[ModelIO]]:
+    def signature(self) -> tuple[list[ModelIO], list[ModelIO]] | None:
         return (
             [self._io(a) for a in self.session.get_inputs()],
             [self._io(a) for a in self.session.get_outputs()],

@@ -12,8 +12,8 @@ import numpy as np
 
 from kiln.backends.base import Backend
 from kiln.config import ModelIO
-from kiln.datatypes import from_numpy
 from kiln.errors import InternalError, InvalidArgumentError, MissingDependencyError, ModelLoadError
+from kiln.types.datatypes import from_numpy
 
 # OpenVINO element type name -> numpy dtype
 OPENVINO_TYPES: dict[str, type] = {
@@ -58,14 +58,14 @@ class OpenVinoBackend(Backend):
             if not path.is_absolute():
                 path = self.model_path.parent.parent / path
             core.set_property({"CACHE_DIR": str(path)})
-        default_threads = max(1, self.context.cpu_count // max(1, self.context.instance_count))
         properties: dict[str, Any] = {
-            "INFERENCE_NUM_THREADS": self.int_parameter("intra_op_thread_count", default_threads),
+            "INFERENCE_NUM_THREADS": self.int_parameter("intra_op_thread_count", self.default_threads()),
             "PERFORMANCE_HINT": (self.parameter("performance_hint") or "LATENCY").upper(),
         }
         precision = self.parameter("inference_precision")
         if precision:
             properties["INFERENCE_PRECISION_HINT"] = precision
+        self._properties = properties
         try:
             self.compiled = core.compile_model(str(self.model_path), "CPU", properties)
         except Exception as e:
@@ -74,7 +74,12 @@ class OpenVinoBackend(Backend):
         self._lock = threading.Lock()
         self._outputs = {port.get_any_name(): port for port in self.compiled.outputs}
 
-    def signature(self) -> tuple[list[ModelIO], list[ModelIO]]:
+    def settings(self) -> dict[str, object]:
+        import openvino as ov
+
+        return {"runtime": f"openvino {ov.__version__}", "device": "CPU", **getattr(self, "_properties", {})}
+
+    def signature(self) -> tuple[list[ModelIO], list[ModelIO]] | None:
         return (
             [self._io(p) for p in self.compiled.inputs],
             [self._io(p) for p in self.compiled.outputs],

@@ -32,7 +32,7 @@ def add_parser(sub: Any) -> None:
 
 
 def options_from_args(args: argparse.Namespace) -> Any:
-    from kiln.build import parse_shape_spec
+    from kiln.builder import parse_shape_spec
     from kiln.errors import InvalidArgumentError
     from kiln.perf import BenchOptions
 

@@ -1,4 +1,4 @@
-"""``kiln build``: parse flags into :class:`kiln.build.BuildOptions` and call :func:`kiln.build.build`."""
+"""``kiln build``: parse flags into :class:`kiln.builder.BuildOptions` and call :func:`kiln.builder.build`."""
 
 from __future__ import annotations
 
@@ -81,7 +81,7 @@ def add_parser(sub: Any) -> None:
 
 
 def options_from_args(args: argparse.Namespace) -> Any:
-    from kiln.build import (
+    from kiln.builder import (
         BuildOptions,
         CalibrationMethod,
         CalibrationOptions,
@@ -148,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.markup import escape
 
-    from kiln.build import build
+    from kiln.builder import build
     from kiln.errors import KilnError
 
     console = Console(stderr=True, highlight=False)

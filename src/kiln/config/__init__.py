@@ -1,6 +1,6 @@
 """config.pbtxt <-> ModelConfig: parsing against Triton's schema, JSON rendering, auto-complete, validation."""
 
-from kiln.config.complete import ModelIO, autocomplete, validate
+from kiln.config.complete import ModelIO, autocomplete, validate, validate_declared
 from kiln.config.parse import (
     ModelConfig,
     config_to_dict,
@@ -22,4 +22,5 @@ __all__ = [
     "parse_config_json",
     "string_parameter",
     "validate",
+    "validate_declared",
 ]

@@ -5,10 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from tritonclient.grpc import model_config_pb2
-
-from kiln.datatypes import BY_CONFIG_NAME, DataType
+from kiln.config.schema import model_config_pb2
 from kiln.errors import ModelConfigError
+from kiln.types.datatypes import BY_CONFIG_NAME, DataType
 
 
 @dataclass(frozen=True)
@@ -120,3 +119,33 @@ def _check_entry(config, kind: str, entry, ios: dict[str, ModelIO]) -> None:  # 
     for c, m in zip(full, io.shape, strict=True):
         if c != -1 and m != -1 and c != m:
             raise ModelConfigError(f"{where}: config dims {full} do not match the model's {list(io.shape)}")
+
+
+def validate_declared(config: model_config_pb2.ModelConfig) -> None:
+    """For a model whose runtime has no readable signature (TorchScript, Python): the config alone must say
+    every input and output's name, data type and dims."""
+    if config.max_batch_size < 0:
+        raise ModelConfigError(f"model '{config.name}': max_batch_size must be >= 0")
+    if not config.output:
+        raise ModelConfigError(
+            f"model '{config.name}': config lists no outputs, and this backend cannot read them from the model"
+        )
+    for kind, entries in (("input", config.input), ("output", config.output)):
+        seen: set[str] = set()
+        for entry in entries:
+            where = f"model '{config.name}' {kind} '{entry.name}'"
+            if not entry.name:
+                raise ModelConfigError(f"model '{config.name}': every {kind} needs a name")
+            if entry.name in seen:
+                raise ModelConfigError(f"{where} is listed twice")
+            seen.add(entry.name)
+            if entry.data_type == model_config_pb2.TYPE_INVALID:
+                raise ModelConfigError(
+                    f"{where}: data_type is required (this backend cannot read it from the model)"
+                )
+            if not entry.dims and not entry.HasField("reshape"):
+                raise ModelConfigError(
+                    f"{where}: dims are required (this backend cannot read them from the model)"
+                )
+            if any(d < -1 for d in entry.dims):
+                raise ModelConfigError(f"{where}: dims must be >= -1, got {list(entry.dims)}")

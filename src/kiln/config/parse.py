@@ -8,8 +8,8 @@ from typing import Any
 from google.protobuf import json_format, text_format
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
-from tritonclient.grpc import model_config_pb2
 
+from kiln.config.schema import model_config_pb2
 from kiln.errors import ModelConfigError
 
 ModelConfig = model_config_pb2.ModelConfig

@@ -7,8 +7,8 @@ from typing import Any
 import numpy as np
 from tritonclient.grpc import service_pb2
 
-from kiln import datatypes, tensors
 from kiln.errors import InvalidArgumentError
+from kiln.stats import STAT_DURATIONS, Duration, ModelStats
 from kiln.types import (
     InferRequest,
     InferResponse,
@@ -16,6 +16,8 @@ from kiln.types import (
     ModelMetadata,
     RequestedOutput,
     ServerMetadata,
+    datatypes,
+    tensors,
 )
 
 # datatype -> InferTensorContents field holding typed values (FP16 has none: raw contents only)
@@ -97,14 +99,17 @@ def _output_from_pb(pb: service_pb2.ModelInferRequest.InferRequestedOutputTensor
     classification = params.get("classification", 0) or 0
     if isinstance(classification, bool) or not isinstance(classification, int):
         raise InvalidArgumentError(f"output '{pb.name}': classification must be an integer")
-    return RequestedOutput(pb.name, classification, None, params)
+    return RequestedOutput(pb.name, classification, params)
 
 
-def infer_response_to_pb(response: InferResponse) -> service_pb2.ModelInferResponse:
+def infer_response_to_pb(response: InferResponse, final_flag: bool = False) -> service_pb2.ModelInferResponse:
+    """``final_flag``: add Triton's ``triton_final_response`` parameter (streams that asked for empty finals)."""
     pb = service_pb2.ModelInferResponse(
         model_name=response.model_name, model_version=response.model_version, id=response.id
     )
     params_to_pb(pb.parameters, response.parameters)
+    if final_flag:
+        pb.parameters["triton_final_response"].bool_param = response.final
     for out in response.outputs:
         pb.outputs.add(name=out.name, datatype=out.datatype.name, shape=list(out.shape))
         pb.raw_output_contents.append(tensors.to_raw(out.datatype, out.data))
@@ -124,3 +129,28 @@ def model_metadata_to_pb(md: ModelMetadata) -> service_pb2.ModelMetadataResponse
         inputs=[tensor(name=t.name, datatype=t.datatype, shape=t.shape) for t in md.inputs],
         outputs=[tensor(name=t.name, datatype=t.datatype, shape=t.shape) for t in md.outputs],
     )
+
+
+def statistics_to_pb(stats: list[ModelStats]) -> service_pb2.ModelStatisticsResponse:
+    pb = service_pb2.ModelStatisticsResponse()
+    for s in stats:
+        entry = pb.model_stats.add(
+            name=s.name,
+            version=s.version,
+            last_inference=s.last_inference_ms,
+            inference_count=s.inference_count,
+            execution_count=s.execution_count,
+        )
+        for name in STAT_DURATIONS:
+            _duration(getattr(entry.inference_stats, name), getattr(s, name))
+        for size, b in sorted(s.batches.items()):
+            batch = entry.batch_stats.add(batch_size=size)
+            _duration(batch.compute_input, b.compute_input)
+            _duration(batch.compute_infer, b.compute_infer)
+            _duration(batch.compute_output, b.compute_output)
+    return pb
+
+
+def _duration(target: Any, d: Duration) -> None:
+    target.count = d.count
+    target.ns = d.ns

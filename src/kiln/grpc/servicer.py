@@ -9,11 +9,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
-from google.protobuf import json_format
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from kiln.core import Core
-from kiln.errors import ErrorCode, KilnError
+from kiln.errors import ErrorCode, InvalidArgumentError, KilnError
 from kiln.grpc import converters
 from kiln.restricted import NO_RESTRICTIONS, Restrictions
 
@@ -124,8 +123,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     @guarded("statistics")
     async def ModelStatistics(self, request: Any, context: Any) -> service_pb2.ModelStatisticsResponse:
-        stats = self.core.statistics(request.name, request.version)
-        return json_format.ParseDict({"model_stats": stats}, service_pb2.ModelStatisticsResponse())
+        return converters.statistics_to_pb(self.core.statistics(request.name, request.version))
 
     @guarded("model-repository")
     async def RepositoryIndex(self, request: Any, context: Any) -> service_pb2.RepositoryIndexResponse:
@@ -138,7 +136,9 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[service_pb2.ModelInferRequest], context: Any
     ) -> AsyncIterator[service_pb2.ModelStreamInferResponse]:
-        """Requests on one stream run concurrently; each answer (or its error) is sent as it completes."""
+        """Requests on one stream run concurrently; every response (several per request for a decoupled model)
+        or error is sent as it is produced. ``triton_enable_empty_final_response`` in a request: its responses
+        carry ``triton_final_response``, and a final flag sent without a response becomes an empty response."""
         try:
             self.restrictions.check("inference", _metadata(context))
         except KilnError as e:
@@ -147,14 +147,20 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         queue: asyncio.Queue[service_pb2.ModelStreamInferResponse | None] = asyncio.Queue()
 
         async def handle(request: service_pb2.ModelInferRequest) -> None:
+            empty_final = False
             try:
-                reply = service_pb2.ModelStreamInferResponse(infer_response=await self._infer(request))
+                infer_request = converters.infer_request_from_pb(request)
+                empty_final = _take_bool(infer_request.parameters, "triton_enable_empty_final_response")
+                async for response in self.core.stream(infer_request):
+                    if response.error is not None:
+                        await queue.put(_error_reply(request, response.error))
+                        continue
+                    if not response.outputs and response.final and not empty_final:
+                        continue  # a bare final flag: Triton sends nothing unless asked to
+                    pb = converters.infer_response_to_pb(response, empty_final)
+                    await queue.put(service_pb2.ModelStreamInferResponse(infer_response=pb))
             except Exception as e:
-                _, message = error_status(e)
-                reply = service_pb2.ModelStreamInferResponse(error_message=message)
-                reply.infer_response.id = request.id
-                reply.infer_response.model_name = request.model_name
-            await queue.put(reply)
+                await queue.put(_error_reply(request, e))
 
         async def read() -> None:
             tasks: set[asyncio.Task[None]] = set()
@@ -163,6 +169,8 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                     tasks.add(asyncio.create_task(handle(request)))
                 await asyncio.gather(*tasks)
             finally:
+                for task in tasks:
+                    task.cancel()
                 await queue.put(None)
 
         reader = asyncio.create_task(read())
@@ -171,6 +179,21 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                 yield reply
         finally:
             reader.cancel()
+
+
+def _error_reply(request: service_pb2.ModelInferRequest, error: BaseException) -> Any:
+    _, message = error_status(error if isinstance(error, Exception) else Exception(str(error)))
+    reply = service_pb2.ModelStreamInferResponse(error_message=message)
+    reply.infer_response.id = request.id
+    reply.infer_response.model_name = request.model_name
+    return reply
+
+
+def _take_bool(params: dict[str, Any], key: str) -> bool:
+    value = params.pop(key, False)
+    if not isinstance(value, bool):
+        raise InvalidArgumentError(f"request parameter '{key}' must be true or false")
+    return value
 
 
 def _not_implemented(method: str, what: str) -> Method:

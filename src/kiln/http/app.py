@@ -119,15 +119,14 @@ def create_app(core: Core, options: HttpOptions | None = None) -> Starlette:
         encoding = request.headers.get("content-encoding")
         if encoding:
             body = codec.decompress(body, encoding, options.max_input_bytes)
-        infer_request = codec.decode_infer_request(
+        infer_request, binary = codec.decode_infer_request(
             body,
             request.headers.get(codec.HEADER_LENGTH),
             request.path_params["model"],
             _version(request),
         )
         response = await _unless_disconnected(request, core.infer(infer_request))
-        binary_default = infer_request.parameters.get("binary_data_output") is True
-        payload, header_len = codec.encode_infer_response(response, binary_default)
+        payload, header_len = codec.encode_infer_response(response, binary)
         headers = {}
         if header_len is not None:
             headers["Inference-Header-Content-Length"] = str(header_len)
@@ -151,7 +150,8 @@ def create_app(core: Core, options: HttpOptions | None = None) -> Starlette:
 
     async def statistics(request: Request) -> Response:
         name = request.path_params.get("model", "")
-        return json_response({"model_stats": core.statistics(name, _version(request))})
+        stats = core.statistics(name, _version(request))
+        return json_response({"model_stats": [codec.statistics_to_json(s) for s in stats]})
 
     async def load(request: Request) -> Response:
         # base64 file contents are 4/3 of their size, plus the JSON around them

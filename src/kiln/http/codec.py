@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import gzip
 import zlib
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import orjson
 
-from kiln import datatypes, tensors
 from kiln.errors import InvalidArgumentError
-from kiln.types import InferRequest, InferResponse, InputTensor, RequestedOutput
+from kiln.stats import STAT_DURATIONS, Duration, ModelStats
+from kiln.types import InferRequest, InferResponse, InputTensor, RequestedOutput, datatypes, tensors
 
 HEADER_LENGTH = "inference-header-content-length"
 
@@ -31,9 +32,21 @@ def _dict(value: Any, what: str) -> dict[str, Any]:
     return value
 
 
+@dataclass(frozen=True)
+class BinaryChoice:
+    """HTTP-only: which outputs go back as binary data (the request's ``binary_data_output`` default, and each
+    output's ``binary_data`` parameter)."""
+
+    default: bool = False
+    per_output: dict[str, bool] = field(default_factory=dict)
+
+    def binary(self, name: str) -> bool:
+        return self.per_output.get(name, self.default)
+
+
 def decode_infer_request(
     body: bytes, header_length: str | None, model_name: str, model_version: str
-) -> InferRequest:
+) -> tuple[InferRequest, BinaryChoice]:
     if header_length is not None:
         try:
             json_size = int(header_length)
@@ -52,7 +65,10 @@ def decode_infer_request(
     binary = view[json_size:]
     request = InferRequest(model_name, model_version)
     request.id = _id(doc.get("id"))
-    request.parameters = _dict(doc.get("parameters"), "request 'parameters'")
+    request.parameters = dict(_dict(doc.get("parameters"), "request 'parameters'"))
+    binary_default = request.parameters.pop("binary_data_output", False)
+    if not isinstance(binary_default, bool):
+        raise InvalidArgumentError("request parameter 'binary_data_output' must be true or false")
     raw_inputs = doc.get("inputs")
     if not isinstance(raw_inputs, list) or not raw_inputs:
         raise InvalidArgumentError("inference request needs a non-empty 'inputs' list")
@@ -66,11 +82,12 @@ def decode_infer_request(
             f"binary data is {len(binary)} bytes but the inputs' binary_data_size values add up to {offset}"
         )
     raw_outputs = doc.get("outputs")
+    per_output: dict[str, bool] = {}
     if raw_outputs is not None:
         if not isinstance(raw_outputs, list):
             raise InvalidArgumentError("'outputs' must be a list")
-        request.outputs = [_decode_output(_dict(o, "each output")) for o in raw_outputs]
-    return request
+        request.outputs = [_decode_output(_dict(o, "each output"), per_output) for o in raw_outputs]
+    return request, BinaryChoice(binary_default, per_output)
 
 
 def _id(value: Any) -> str:
@@ -115,28 +132,30 @@ def _decode_input(item: dict[str, Any], binary: memoryview, offset: int) -> tupl
     return InputTensor(name, dtype, shape, data, params), 0
 
 
-def _decode_output(item: dict[str, Any]) -> RequestedOutput:
+def _decode_output(item: dict[str, Any], binary_choice: dict[str, bool]) -> RequestedOutput:
     name = item.get("name")
     if not isinstance(name, str) or not name:
         raise InvalidArgumentError("every requested output needs a 'name' string")
-    params = _dict(item.get("parameters"), f"output '{name}' parameters")
+    params = dict(_dict(item.get("parameters"), f"output '{name}' parameters"))
     classification = params.get("classification", 0)
     if isinstance(classification, bool) or not isinstance(classification, int):
         raise InvalidArgumentError(f"output '{name}': classification must be an integer")
-    binary = params.get("binary_data")
-    if binary is not None and not isinstance(binary, bool):
-        raise InvalidArgumentError(f"output '{name}': binary_data must be true or false")
-    return RequestedOutput(name, classification, binary, params)
+    binary = params.pop("binary_data", None)
+    if binary is not None:
+        if not isinstance(binary, bool):
+            raise InvalidArgumentError(f"output '{name}': binary_data must be true or false")
+        binary_choice[name] = binary
+    return RequestedOutput(name, classification, params)
 
 
-def encode_infer_response(response: InferResponse, binary_default: bool) -> tuple[bytes, int | None]:
+def encode_infer_response(response: InferResponse, binary: BinaryChoice) -> tuple[bytes, int | None]:
     """The response body, and the JSON header's length when binary data follows it (else None)."""
     outputs = []
-    chunks: list[bytes] = []
+    chunks: list[bytes | memoryview] = []
     for out in response.outputs:
         entry: dict[str, Any] = {"name": out.name, "datatype": out.datatype.name, "shape": list(out.shape)}
-        if out.binary if out.binary is not None else binary_default:
-            raw = tensors.to_raw(out.datatype, out.data)
+        if binary.binary(out.name):
+            raw = tensors.raw_view(out.datatype, out.data)
             entry["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)
         else:
@@ -198,3 +217,30 @@ def compress(body: bytes, encoding: str) -> bytes:
 
 
 _EMPTY = np.empty(0)
+
+
+def statistics_to_json(stats: ModelStats) -> dict[str, Any]:
+    """Triton's JSON shape for one ``model_stats`` entry."""
+    inference = {name: _duration(getattr(stats, name)) for name in STAT_DURATIONS}
+    return {
+        "name": stats.name,
+        "version": stats.version,
+        "last_inference": stats.last_inference_ms,
+        "inference_count": stats.inference_count,
+        "execution_count": stats.execution_count,
+        "inference_stats": inference,
+        "batch_stats": [
+            {
+                "batch_size": size,
+                "compute_input": _duration(b.compute_input),
+                "compute_infer": _duration(b.compute_infer),
+                "compute_output": _duration(b.compute_output),
+            }
+            for size, b in sorted(stats.batches.items())
+        ],
+        "memory_usage": [],
+    }
+
+
+def _duration(d: Duration) -> dict[str, int]:
+    return {"count": d.count, "ns": d.ns}

@@ -1,11 +1,11 @@
 """Model lifecycle: control modes, load / unload / reload with zero failed requests, polling, the index."""
 
-from kiln.lifecycle.manager import (
+from kiln.lifecycle.manager import ModelManager
+from kiln.lifecycle.state import (
     ControlMode,
     IndexEntry,
     LifecycleOptions,
     ModelEntry,
-    ModelManager,
     ModelState,
     VersionStatus,
 )

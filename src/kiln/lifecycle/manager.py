@@ -8,19 +8,16 @@ Versions whose config and files did not change are carried over instead of being
 from __future__ import annotations
 
 import asyncio
-import enum
 import hashlib
 import logging
 import tempfile
 from collections.abc import Mapping
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from tritonclient.grpc import model_config_pb2
-
-from kiln.backends import backend_name
+from kiln.backends import ModelCaller, backend_name
 from kiln.config import parse_config_json
+from kiln.config.schema import model_config_pb2
 from kiln.errors import (
     FailedPreconditionError,
     InvalidArgumentError,
@@ -29,85 +26,32 @@ from kiln.errors import (
     ResourceExhaustedError,
     UnavailableError,
 )
-from kiln.latency import LatencyOptions
 from kiln.lifecycle.fingerprints import directory_fingerprint, shared_fingerprint, version_fingerprint
+from kiln.lifecycle.loader import free_version, load_version
+from kiln.lifecycle.state import (
+    ControlMode,
+    IndexEntry,
+    LifecycleOptions,
+    ModelEntry,
+    ModelState,
+    VersionStatus,
+)
 from kiln.lifecycle.uploads import check_model_name, decode_file_overrides, safe_relative_path
-from kiln.model import Model
 from kiln.repository import ModelRepository
-from kiln.scheduling import Scheduler, make_scheduler
-from kiln.stats import ModelStats
-from kiln.warmup import run_warmup
 
 log = logging.getLogger(__name__)
 
 
-class ModelState(enum.Enum):
-    READY = "READY"
-    UNAVAILABLE = "UNAVAILABLE"
-    LOADING = "LOADING"
-    UNLOADING = "UNLOADING"
-
-
-class ControlMode(enum.Enum):
-    NONE = "none"
-    POLL = "poll"
-    EXPLICIT = "explicit"
-
-
-@dataclass(eq=False)
-class VersionStatus:
-    version: int
-    state: ModelState
-    reason: str = ""
-    model: Model | None = None
-    scheduler: Scheduler | None = None
-    stats: ModelStats | None = None
-    fingerprint: str = ""
-    inflight: int = 0
-    idle: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def enter(self) -> None:
-        self.inflight += 1
-        self.idle.clear()
-
-    def leave(self) -> None:
-        self.inflight -= 1
-        if self.inflight == 0:
-            self.idle.set()
-
-
-@dataclass(eq=False)
-class ModelEntry:
-    name: str
-    versions: dict[int, VersionStatus] = field(default_factory=dict)
-    state: ModelState = ModelState.UNAVAILABLE
-    reason: str = ""  # model-level: config that does not parse, last failed reload, "unloaded", ...
-    fingerprint: str = ""  # of the model directory, for polling
-    workdir: tempfile.TemporaryDirectory[str] | None = None  # files sent with a load request
-
-
-@dataclass(frozen=True)
-class LifecycleOptions:
-    mode: ControlMode = ControlMode.NONE
-    startup_models: tuple[str, ...] = ()  # explicit mode: --load-model (``*`` for all)
-    poll_interval_s: float = 15.0
-    auto_complete: bool = True
-    default_max_batch_size: int = 4
-    latency: LatencyOptions | None = None
-    max_upload_bytes: int = 256 * 1024 * 1024
-
-
-@dataclass(frozen=True)
-class IndexEntry:
-    name: str
-    version: str
-    state: str
-    reason: str
-
-
 class ModelManager:
-    def __init__(self, repository: ModelRepository, options: LifecycleOptions, executor: Executor) -> None:
+    def __init__(
+        self,
+        repository: ModelRepository,
+        options: LifecycleOptions,
+        executor: Executor,
+        caller: ModelCaller | None = None,
+    ) -> None:
         self.repository = repository
+        self.caller = caller  # handed to backends that call other models
         self.options = options
         self.executor = executor
         self.models: dict[str, ModelEntry] = {}
@@ -158,7 +102,7 @@ class ModelManager:
             self._poller.cancel()
         for entry in list(self.models.values()):
             for status in entry.versions.values():
-                await _free(status)
+                await free_version(status, self.executor)
             _drop_workdir(entry)
         await asyncio.gather(*self._retiring, return_exceptions=True)
 
@@ -209,13 +153,38 @@ class ModelManager:
         self, name: str, parameters: Mapping[str, object] | None = None, check_mode: bool = True
     ) -> None:
         """Stop routing requests to ``name``; in-flight requests finish; then its memory is freed.
-        (The ``unload_dependents`` parameter concerns ensembles, which Kiln does not have yet: nothing depends
-        on a model, so it is checked and has nothing to do.)"""
-        if not isinstance((parameters or {}).get("unload_dependents", False), bool):
+        ``unload_dependents``: also unload the models ``name`` depends on (ensemble steps, declared BLS targets)
+        that no other loaded model still needs, as Triton does."""
+        cascade = (parameters or {}).get("unload_dependents", False)
+        if not isinstance(cascade, bool):
             raise InvalidArgumentError("'unload_dependents' must be true or false")
         if check_mode:
             self._check_mode()
             check_model_name(name)
+        needed = self.dependencies(name) if cascade else set()
+        await self._unload_one(name)
+        for dependency in sorted(needed):
+            if dependency in self.models and not self.dependents(dependency):
+                log.info("unloading '%s': '%s' depended on it (unload_dependents)", dependency, name)
+                await self.unload(dependency, {"unload_dependents": True}, check_mode=False)
+
+    def dependencies(self, name: str) -> set[str]:
+        """The models ``name``'s loaded versions call."""
+        entry = self.models.get(name)
+        if entry is None:
+            return set()
+        return {
+            d
+            for status in entry.versions.values()
+            if status.model is not None
+            for d in status.model.dependencies
+        }
+
+    def dependents(self, name: str) -> set[str]:
+        """The loaded models that call ``name``."""
+        return {other for other in self.models if other != name and name in self.dependencies(other)}
+
+    async def _unload_one(self, name: str) -> None:
         async with self._lock(name):
             entry = self.models.get(name)
             if entry is None:
@@ -224,7 +193,7 @@ class ModelManager:
             for status in entry.versions.values():
                 status.state = ModelState.UNLOADING
             for status in entry.versions.values():
-                await _free(status)
+                await free_version(status, self.executor)
             _drop_workdir(entry)
             entry.versions.clear()
             entry.state, entry.reason, entry.fingerprint = ModelState.UNAVAILABLE, "unloaded", ""
@@ -286,7 +255,7 @@ class ModelManager:
                 old.fingerprint = new.fingerprint
                 for status in new.versions.values():
                     if status not in old.versions.values():
-                        await _free(status)
+                        await free_version(status, self.executor)
                 if workdir is not None:
                     workdir.cleanup()
                 log.error("model '%s': %s", name, old.reason)
@@ -354,54 +323,13 @@ class ModelManager:
         backend: str,
         fingerprint: str,
     ) -> VersionStatus:
-        name = config.name
-        status = VersionStatus(version, ModelState.LOADING, fingerprint=fingerprint)
-        status.idle.set()
-        loop = asyncio.get_running_loop()
-
-        def build() -> Model:
-            model = Model.load(
-                config,
-                model_dir,
-                version,
-                backend,
-                auto_complete=self.options.auto_complete,
-                default_max_batch_size=self.options.default_max_batch_size,
-            )
-            try:
-                run_warmup(model, model_dir)
-            except BaseException:
-                model.unload()
-                raise
-            return model
-
-        try:
-            model = await loop.run_in_executor(self.executor, build)
-        except KilnError as e:
-            status.state, status.reason = ModelState.UNAVAILABLE, e.message
-            log.error("failed to load model '%s' version %d: %s", name, version, e.message)
-            return status
-        except Exception as e:
-            status.state, status.reason = ModelState.UNAVAILABLE, f"unexpected error: {e}"
-            log.exception("failed to load model '%s' version %d", name, version)
-            return status
-        stats = ModelStats.create(name, str(version), self.options.latency)
-        scheduler = make_scheduler(
-            model.config,
-            model.execute,
-            len(model.backends),
-            self.executor,
-            lambda b: stats.record_execution(b.size, b.input_ns, b.infer_ns, b.output_ns),
+        return await load_version(
+            config, model_dir, version, backend, fingerprint, self.options, self.executor, self.caller
         )
-        await scheduler.start()
-        status.model, status.stats, status.scheduler = model, stats, scheduler
-        status.state = ModelState.READY
-        log.info("loaded model '%s' version %d (%s)", name, version, model.backend.name)
-        return status
 
     def _retire(self, status: VersionStatus) -> None:
         """Free a replaced version once its in-flight requests are done, without holding up the caller."""
-        task = asyncio.create_task(_free(status))
+        task = asyncio.create_task(free_version(status, self.executor))
         self._retiring.add(task)
         task.add_done_callback(self._retiring.discard)
 
@@ -460,16 +388,6 @@ class ModelManager:
 
     def loaded(self) -> list[ModelEntry]:
         return [e for e in self.models.values() if e.reason != "unloaded"]
-
-
-async def _free(status: VersionStatus) -> None:
-    await status.idle.wait()
-    if status.scheduler is not None:
-        await status.scheduler.stop()
-    if status.model is not None:
-        status.model.unload()
-    status.model, status.scheduler = None, None
-    status.state = ModelState.UNAVAILABLE
 
 
 def _drop_workdir(entry: ModelEntry) -> None:

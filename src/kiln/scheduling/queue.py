@@ -12,8 +12,7 @@ from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from tritonclient.grpc import model_config_pb2
-
+from kiln.config.schema import model_config_pb2
 from kiln.errors import InvalidArgumentError, ModelConfigError, UnavailableError
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from kiln.build.options import Preprocessing
+from kiln.builder.options import Preprocessing
 from kiln.errors import InvalidArgumentError, MissingDependencyError
 from kiln.perf.inputs import InputSpec, random_inputs
 

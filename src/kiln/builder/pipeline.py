@@ -12,15 +12,15 @@ from typing import Any
 
 import onnx
 
-from kiln.build import parse
-from kiln.build.accuracy import AccuracyGateError, AccuracyReport, compare, gate
-from kiln.build.data import Dataset, graph_inputs, load_dataset, random_dataset
-from kiln.build.optimize import OptimizationLevel, optimize
-from kiln.build.options import BuildOptions, Device, Precision, Target, format_shape_spec
-from kiln.build.profiles import ResolvedProfile, resolve_profile
-from kiln.build.report import Reporter
-from kiln.build.speed import SpeedReport, measure_batches
-from kiln.build.write import (
+from kiln.builder import parse
+from kiln.builder.accuracy import AccuracyGateError, AccuracyReport, compare, gate
+from kiln.builder.data import Dataset, graph_inputs, load_dataset, random_dataset
+from kiln.builder.optimize import OptimizationLevel, optimize
+from kiln.builder.options import BuildOptions, Device, Precision, Target, format_shape_spec
+from kiln.builder.profiles import ResolvedProfile, resolve_profile
+from kiln.builder.report import Reporter
+from kiln.builder.speed import SpeedReport, measure_batches
+from kiln.builder.write import (
     ConfigSpec,
     install,
     make_config,
@@ -225,7 +225,7 @@ def _make_candidate(
     batchable = profile.max_batch_size > 0
     with reporter.stage(f"precision {precision.value}") as record:
         if options.target is Target.OPENVINO:
-            from kiln.build.openvino import build_ir
+            from kiln.builder.openvino import build_ir
 
             xml = build_ir(
                 model, precision, calibration, options.calibration, batchable, folder, reporter, record
@@ -237,7 +237,7 @@ def _make_candidate(
                 inference_precision=_ov_precision(precision),
             )
         else:
-            from kiln.build import precision as prec
+            from kiln.builder import precision as prec
 
             if precision is Precision.FP16:
                 model = prec.to_fp16(model, options.fp16_keep_io_types, options.calibration.keep_fp32, record)
@@ -326,7 +326,7 @@ def _write(
             remove(staged)
         record.details["path"] = str(target)
         record.details["precision"] = chosen.precision.value
-    from kiln.build.write import config_text
+    from kiln.builder.write import config_text
 
     return BuildResult(
         output,
@@ -347,7 +347,7 @@ def _warm_cache(
     version_dir: Path, model_dir: Path, options: BuildOptions, options_precision: Precision
 ) -> None:
     """Compile once with the model's cache folder so the server's first load reuses the compiled blob."""
-    from kiln.build.write import OV_CACHE_DIR
+    from kiln.builder.write import OV_CACHE_DIR
 
     OpenVinoRunner(
         version_dir / "model.xml",

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from kiln.build.profiles import ResolvedProfile
-from kiln.build.report import Reporter
+from kiln.builder.profiles import ResolvedProfile
+from kiln.builder.report import Reporter
 from kiln.perf.measure import LatencyStats, make_feeds, time_runs
 from kiln.perf.runners import Runner
 

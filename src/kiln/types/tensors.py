@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from kiln.datatypes import DataType
 from kiln.errors import InvalidArgumentError
+from kiln.types.datatypes import DataType
 
 MAX_RANK = 32  # far beyond any model; bounds nesting depth and shape arithmetic
 
@@ -83,14 +83,21 @@ def _bytes_from_raw(name: str, shape: tuple[int, ...], count: int, raw: bytes | 
 
 def to_raw(dtype: DataType, array: np.ndarray) -> bytes:
     """Encode a tensor as binary data (the inverse of :func:`from_raw`)."""
-    if dtype.name == "BYTES":
-        parts = []
-        for item in array.reshape(-1):
-            b = item if isinstance(item, bytes) else str(item).encode("utf-8")
-            parts.append(struct.pack("<I", len(b)))
-            parts.append(b)
-        return b"".join(parts)
-    return np.ascontiguousarray(array, dtype=dtype.numpy).tobytes()
+    raw = raw_view(dtype, array)
+    return raw if isinstance(raw, bytes) else raw.tobytes()
+
+
+def raw_view(dtype: DataType, array: np.ndarray) -> bytes | memoryview:
+    """Binary data of a tensor without a copy where the array is already contiguous (joined into a body once)."""
+    if dtype.name != "BYTES":
+        contiguous = np.ascontiguousarray(array, dtype=dtype.numpy)
+        return memoryview(contiguous).cast("B") if contiguous.size else b""
+    parts = []
+    for item in array.reshape(-1):
+        b = item if isinstance(item, bytes) else str(item).encode("utf-8")
+        parts.append(struct.pack("<I", len(b)))
+        parts.append(b)
+    return b"".join(parts)
 
 
 def flatten_json(name: str, data: Any, max_depth: int) -> list[Any]:

@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from tritonclient.grpc import model_config_pb2
 
-from kiln import datatypes, tensors
+from kiln.config.schema import model_config_pb2
 from kiln.errors import ModelConfigError, ModelLoadError
-from kiln.model import Model
+from kiln.model.version import Model
+from kiln.types import datatypes, tensors
 
 
 def warmup_samples(

@@ -14,12 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from google.protobuf import text_format
-from tritonclient.grpc import model_config_pb2
 
-from kiln.build.data import InputSpec
-from kiln.build.options import Device, Precision, Target, format_shape_spec
-from kiln.datatypes import from_numpy
+from kiln.builder.data import InputSpec
+from kiln.builder.options import Device, Precision, Target, format_shape_spec
+from kiln.config.schema import model_config_pb2
 from kiln.errors import AlreadyExistsError, InvalidArgumentError
+from kiln.types.datatypes import from_numpy
 
 OV_CACHE_DIR = "ov_cache"
 

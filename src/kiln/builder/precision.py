@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from kiln.build.data import Dataset, Sample
-from kiln.build.options import CalibrationMethod, CalibrationOptions
-from kiln.build.report import Reporter, StageRecord
+from kiln.builder.data import Dataset, Sample
+from kiln.builder.options import CalibrationMethod, CalibrationOptions
+from kiln.builder.report import Reporter, StageRecord
 from kiln.errors import InvalidArgumentError
 
 CALIBRATION_BATCH = 8

@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from tritonclient.grpc import model_config_pb2
 
-from kiln import datatypes
-from kiln.backends import Backend, BackendContext, backend_class
-from kiln.config import autocomplete, validate
-from kiln.datatypes import DataType
-from kiln.errors import InvalidArgumentError, ModelConfigError, ModelLoadError
-from kiln.types import InferRequest, InferResponse, OutputTensor, RequestedOutput, TensorMetadata
+from kiln.backends import Backend, BackendContext, ExecutionShape, ModelCaller, backend_class
+from kiln.config import autocomplete, validate, validate_declared
+from kiln.config.schema import model_config_pb2
+from kiln.errors import InternalError, InvalidArgumentError, KilnError, ModelConfigError, ModelLoadError
+from kiln.model.instances import KIND_CPU, instance_contexts
+from kiln.types import InferRequest, InferResponse, OutputTensor, RequestedOutput, TensorMetadata, datatypes
+from kiln.types.datatypes import DataType
+
+if TYPE_CHECKING:
+    from kiln.scheduling.work import Work
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +60,9 @@ class Model:
         self.version = version
         self.backends = backends  # one per model instance
         self.backend = backends[0]
+        self.batched = self.backend.shape is ExecutionShape.BATCHED
+        self.decoupled = config.model_transaction_policy.decoupled
+        self.dependencies = list(self.backend.dependencies())
         self.max_batch_size = config.max_batch_size
         self.inputs = {e.name: _spec(e) for e in config.input}
         self.outputs = {e.name: _spec(e, labels.get(e.name, ())) for e in config.output}
@@ -70,6 +78,7 @@ class Model:
         auto_complete: bool = True,
         default_max_batch_size: int = 4,
         cpu_count: int | None = None,
+        caller: ModelCaller | None = None,
     ) -> Model:
         config = _copy(config)
         klass = backend_class(backend_name)
@@ -83,24 +92,23 @@ class Model:
             raise ModelLoadError(f"model '{config.name}' version {version}: {path} does not exist")
         if not config.instance_group:
             config.instance_group.add(name=f"{config.name}_0", count=1, kind=KIND_CPU)
-        contexts = instance_contexts(config, klass, cpu_count)
+        contexts = instance_contexts(config, klass, cpu_count, caller)
         first = klass(config, path, contexts[0])
         first.load()
-        inputs, outputs = first.signature()
-        if auto_complete:
-            autocomplete(config, inputs, outputs, default_max_batch_size)
-        validate(config, inputs, outputs)
-        labels = {e.name: _read_labels(model_dir, e) for e in config.output if e.label_filename}
-        backends = [first]
         try:
-            for context in contexts[1:]:
-                backend = klass(config, path, context)
-                backend.load()
-                backends.append(backend)
+            signature = first.signature()
+            if signature is None:  # no readable signature: the config alone describes the model
+                validate_declared(config)
+            else:
+                if auto_complete:
+                    autocomplete(config, *signature, default_max_batch_size)
+                validate(config, *signature)
+            _check_transaction_policy(config, klass)
+            labels = {e.name: _read_labels(model_dir, e) for e in config.output if e.label_filename}
         except BaseException:
-            for b in backends:
-                b.unload()
+            first.unload()
             raise
+        backends = [first, *load_instances(klass, config, path, contexts[1:])]
         return cls(config, version, backends, labels)
 
     # -- metadata ------------------------------------------------------------------------------------------
@@ -205,13 +213,28 @@ class Model:
         """Blocking: run one (possibly merged) batch on the given model instance."""
         return self.backends[instance].execute(feeds, outputs)
 
+    def execute_requests(self, works: list[Work], instance: int = 0) -> None:
+        """Blocking: hand the scheduled requests to a per-request backend's instance."""
+        self.backends[instance].execute_requests(works)
+
     def respond(
-        self, request: InferRequest, prepared: PreparedRequest, results: dict[str, np.ndarray]
+        self,
+        request: InferRequest,
+        prepared: PreparedRequest,
+        results: Mapping[str, np.ndarray],
+        parameters: Mapping[str, Any] | None = None,
+        final: bool = True,
     ) -> InferResponse:
+        """The response for ``request`` from a backend's outputs: reshaped back to the config's dims,
+        classified where asked; a missing output or one of another datatype is an error for this request."""
         outputs = []
         for req in prepared.outputs:
             spec = self.outputs[req.name]
-            array = results[req.name]
+            array = results.get(req.name)
+            if array is None:
+                raise InternalError(f"model '{self.name}' did not produce the requested output '{req.name}'")
+            if not isinstance(array, np.ndarray):
+                array = np.asarray(array)
             if spec.model_dims is not None:
                 lead = (array.shape[0],) if self.max_batch_size > 0 else ()
                 array = array.reshape(lead + tuple(spec.dims))
@@ -220,10 +243,13 @@ class Model:
                 dtype = datatypes.BY_NAME["BYTES"]
             else:
                 dtype = spec.datatype
-                if dtype.name != "BYTES" and array.dtype != dtype.numpy:
-                    array = array.astype(dtype.numpy)
-            outputs.append(OutputTensor(req.name, dtype, tuple(array.shape), array, req.binary))
-        return InferResponse(self.name, str(self.version), request.id, outputs)
+                if array.dtype != dtype.numpy and not _same_kind(array.dtype, dtype):
+                    raise InternalError(
+                        f"model '{self.name}' output '{req.name}' has datatype "
+                        f"{_wire_name(array.dtype)}, but its config says {dtype.name}"
+                    )
+            outputs.append(OutputTensor(req.name, dtype, tuple(array.shape), array))
+        return InferResponse(self.name, str(self.version), request.id, outputs, dict(parameters or {}), final)
 
     def _classify(self, array: np.ndarray, k: int, labels: tuple[str, ...]) -> np.ndarray:
         batched = self.max_batch_size > 0
@@ -244,43 +270,6 @@ class Model:
             backend.unload()
 
 
-KIND_CPU = model_config_pb2.ModelInstanceGroup.KIND_CPU
-KIND_GPU = model_config_pb2.ModelInstanceGroup.KIND_GPU
-KIND_AUTO = model_config_pb2.ModelInstanceGroup.KIND_AUTO
-
-
-def instance_contexts(
-    config: model_config_pb2.ModelConfig, klass: type[Backend], cpu_count: int | None = None
-) -> list[BackendContext]:
-    """One context per model instance: ``count`` per group (per listed GPU for KIND_GPU), as Triton does.
-    KIND_AUTO means GPU where the backend can use one, else CPU; KIND_GPU without a usable GPU is an error."""
-    gpu_ok = klass.gpu_available()
-    plan: list[tuple[str, int]] = []
-    for group in config.instance_group:
-        count = group.count or 1
-        kind = group.kind
-        if kind == KIND_AUTO:
-            kind = KIND_GPU if gpu_ok else KIND_CPU
-        if kind == KIND_GPU:
-            if not gpu_ok:
-                raise ModelLoadError(
-                    f"model '{config.name}': instance group '{group.name or 'unnamed'}' asks for KIND_GPU but "
-                    f"no GPU is usable ({klass.name}: CUDA execution provider not available); use KIND_CPU "
-                    f"or KIND_AUTO"
-                )
-            plan += [("GPU", gpu) for gpu in (list(group.gpus) or [0]) for _ in range(count)]
-        elif kind == KIND_CPU:
-            plan += [("CPU", 0)] * count
-        else:
-            kind_name = model_config_pb2.ModelInstanceGroup.Kind.Name(kind)
-            raise ModelLoadError(f"model '{config.name}': instance group kind {kind_name} is not supported")
-    cpu_instances = sum(1 for kind, _ in plan if kind == "CPU") or 1
-    base = {"cpu_count": cpu_count} if cpu_count else {}
-    return [
-        BackendContext(instance_count=cpu_instances, kind=kind, device_id=dev, **base) for kind, dev in plan
-    ]
-
-
 def _spec(entry, labels: tuple[str, ...] = ()) -> TensorSpec:  # type: ignore[no-untyped-def]
     dtype_name = model_config_pb2.DataType.Name(entry.data_type)
     dtype = datatypes.BY_CONFIG_NAME.get(dtype_name)
@@ -290,6 +279,45 @@ def _spec(entry, labels: tuple[str, ...] = ()) -> TensorSpec:  # type: ignore[no
     return TensorSpec(
         entry.name, dtype, tuple(entry.dims), model_dims, bool(getattr(entry, "optional", False)), labels
     )
+
+
+def load_instances(
+    klass: type[Backend], config: model_config_pb2.ModelConfig, path: Path, contexts: list[BackendContext]
+) -> list[Backend]:
+    """Load the remaining instances side by side (runtimes release the GIL while they build sessions)."""
+    if not contexts:
+        return []
+    backends = [klass(config, path, context) for context in contexts]
+    with ThreadPoolExecutor(min(len(backends), 8), thread_name_prefix="kiln-load") as pool:
+        futures = [pool.submit(b.load) for b in backends]
+        errors = [f.exception() for f in futures]
+    failed = next((e for e in errors if e is not None), None)
+    if failed is not None:
+        for backend, error in zip(backends, errors, strict=True):
+            if error is None:
+                backend.unload()
+        raise failed
+    return backends
+
+
+def _check_transaction_policy(config: model_config_pb2.ModelConfig, klass: type[Backend]) -> None:
+    if config.model_transaction_policy.decoupled and klass.shape is ExecutionShape.BATCHED:
+        raise ModelConfigError(
+            f"model '{config.name}': model_transaction_policy decoupled needs a backend that answers each "
+            f"request itself; the '{klass.name}' backend answers every request exactly once"
+        )
+
+
+def _same_kind(actual: np.dtype, expected: DataType) -> bool:
+    """BYTES outputs may come as object, str or bytes arrays; everything else must match exactly."""
+    return expected.name == "BYTES" and actual.kind in "OSU"
+
+
+def _wire_name(dtype: np.dtype) -> str:
+    try:
+        return datatypes.from_numpy(dtype).name
+    except KilnError:
+        return str(dtype)
 
 
 def _copy(config: model_config_pb2.ModelConfig) -> model_config_pb2.ModelConfig:

@@ -1,11 +1,9 @@
-"""Schedulers: how requests reach a model's instances.
+"""Triton's dynamic batcher. Requests wait in a :class:`RequestQueue`; one worker per instance forms a batch of
+compatible requests (same inputs, dtypes and non-batch shapes, never above ``max_batch_size``) and runs it in
+the backend's shape (merged tensors, or the requests themselves).
 
-- :class:`DirectScheduler`: each request runs alone on the next free instance.
-- :class:`DynamicBatcher`: Triton's dynamic batcher. Requests wait in a :class:`RequestQueue`; one worker per
-  instance forms a batch of compatible requests (same inputs, dtypes and non-batch shapes, never above
-  ``max_batch_size``), merges their inputs along the batch dimension, runs it, and splits the outputs.
-
-Both wrap an ``execute(feeds, outputs, instance)`` callable; neither knows about transports or backends.
+It wraps a model's instances through the :class:`~kiln.scheduling.base.Target` protocol; it knows nothing about
+transports or runtimes.
 """
 
 from __future__ import annotations
@@ -13,135 +11,32 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from abc import ABC, abstractmethod
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Hashable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
 import numpy as np
-from tritonclient.grpc import model_config_pb2
 
 from kiln.config import int_parameter
+from kiln.config.schema import model_config_pb2
 from kiln.errors import UnavailableError
+from kiln.scheduling.base import INLINE_BELOW_NS, Clock, ExecutionHook, Scheduler, Target
+from kiln.scheduling.direct import DirectScheduler
 from kiln.scheduling.queue import Pending, RequestQueue
+from kiln.scheduling.work import Work
 
 log = logging.getLogger(__name__)
 
-Execute = Callable[[dict[str, np.ndarray], Sequence[str], int], dict[str, np.ndarray]]
-Clock = Callable[[], int]
-
-
-@dataclass
-class Work:
-    """One request as a scheduler sees it."""
-
-    feeds: dict[str, np.ndarray]
-    outputs: list[str]
-    batch_size: int
-    priority: int = 0
-    timeout_us: int | None = None
-
-
-@dataclass
-class Batch:
-    """What one execution did, for statistics: attributed to every request in it."""
-
-    size: int
-    queue_ns: int = 0  # this request's wait before its batch started
-    input_ns: int = 0  # merging inputs
-    infer_ns: int = 0
-    output_ns: int = 0  # splitting outputs
-
-
-@dataclass
-class Result:
-    outputs: dict[str, np.ndarray]
-    batch: Batch
-
-
-ExecutionHook = Callable[[Batch], None]  # called once per execution (statistics)
-
-
-INLINE_BELOW_NS = 100_000  # executions faster than this run on the event loop: a thread hop costs more
-_MEASURED_RUNS = 8  # executions timed on worker threads before inlining is considered
-
-
-class Scheduler(ABC):
-    def __init__(
-        self,
-        execute: Execute,
-        instances: int,
-        executor: Executor,
-        on_execution: ExecutionHook,
-        inline_below_ns: int = INLINE_BELOW_NS,
-    ) -> None:
-        self.execute = execute
-        self.instances = instances
-        self.executor = executor
-        self.on_execution = on_execution
-        self.inline_below_ns = inline_below_ns
-        self._runs = 0
-        self._avg_ns = 0.0  # moving average of pure execution time
-
-    @abstractmethod
-    async def submit(self, work: Work) -> Result:
-        """Run ``work``; raises KilnError subclasses for rejections and timeouts."""
-
-    async def start(self) -> None:  # noqa: B027 - optional hook
-        pass
-
-    async def stop(self) -> None:  # noqa: B027 - optional hook
-        pass
-
-    def _timed(self, feeds: dict[str, np.ndarray], outputs: Sequence[str], instance: int) -> tuple[dict, int]:
-        start = time.perf_counter_ns()
-        results = self.execute(feeds, outputs, instance)
-        return results, time.perf_counter_ns() - start
-
-    async def _run(
-        self, feeds: dict[str, np.ndarray], outputs: Sequence[str], instance: int
-    ) -> tuple[dict, int]:
-        """Execute on a worker thread; or, for a model measured to run in microseconds, inline on the loop,
-        where a thread hop would cost more than the execution itself."""
-        if self._runs >= _MEASURED_RUNS and self._avg_ns < self.inline_below_ns:
-            results, ns = self._timed(feeds, outputs, instance)
-        else:
-            loop = asyncio.get_running_loop()
-            results, ns = await loop.run_in_executor(self.executor, self._timed, feeds, outputs, instance)
-        self._runs += 1
-        # a slow execution raises the average at once, so a model that slows down leaves the loop immediately
-        self._avg_ns = ns if ns > self._avg_ns else 0.9 * self._avg_ns + 0.1 * ns
-        return results, ns
-
-
-class DirectScheduler(Scheduler):
-    """No batching: each request takes the next free instance."""
-
-    async def start(self) -> None:
-        self.free: asyncio.Queue[int] = asyncio.Queue()
-        for i in range(self.instances):
-            self.free.put_nowait(i)
-
-    async def submit(self, work: Work) -> Result:
-        enqueued = time.perf_counter_ns()
-        instance = await self.free.get()
-        try:
-            queue_ns = time.perf_counter_ns() - enqueued
-            results, infer_ns = await self._run(work.feeds, work.outputs, instance)
-        finally:
-            self.free.put_nowait(instance)
-        batch = Batch(work.batch_size, queue_ns, 0, infer_ns, 0)
-        self.on_execution(batch)
-        return Result(results, batch)
+_DONE = object()  # an executed request's outcome (its answers went to its sender)
 
 
 @dataclass(eq=False)
 class _Item:
     work: Work
-    future: asyncio.Future[Result]
+    future: asyncio.Future[None]
     pending: Pending | None = None
     queue_ns: int = 0
-    outcome: Result | BaseException | None = None
+    outcome: object = None  # _DONE or the exception that ended it before execution
 
 
 def batch_key(feeds: dict[str, np.ndarray]) -> Hashable:
@@ -169,7 +64,7 @@ class BatcherOptions:
 class DynamicBatcher(Scheduler):
     def __init__(
         self,
-        execute: Execute,
+        target: Target,
         instances: int,
         executor: Executor,
         on_execution: ExecutionHook,
@@ -178,7 +73,7 @@ class DynamicBatcher(Scheduler):
         clock: Clock = time.perf_counter_ns,
         inline_below_ns: int = INLINE_BELOW_NS,
     ) -> None:
-        super().__init__(execute, instances, executor, on_execution, inline_below_ns)
+        super().__init__(target, instances, executor, on_execution, inline_below_ns)
         self.options = options
         self.queue = queue if queue is not None else RequestQueue()
         self.clock = clock
@@ -203,7 +98,7 @@ class DynamicBatcher(Scheduler):
             self._finish(pending.payload, UnavailableError("the model is being unloaded"))
         self.queue.remove(self.queue.ordered())
 
-    async def submit(self, work: Work) -> Result:
+    async def submit(self, work: Work) -> None:
         loop = asyncio.get_running_loop()
         item = _Item(work, loop.create_future())
         level = self.queue.level_for(work.priority)
@@ -218,6 +113,7 @@ class DynamicBatcher(Scheduler):
             return await asyncio.shield(item.future)
         except asyncio.CancelledError:
             # The client went away: a request still queued leaves the queue and never runs.
+            work.request.cancellation.cancel()
             if item.pending is not None and not item.future.done():
                 self.queue.remove([item.pending])
                 self._finish(item, asyncio.CancelledError())
@@ -242,7 +138,7 @@ class DynamicBatcher(Scheduler):
         self._arm_timer()
         self.changed.set()
 
-    def _finish(self, item: _Item, outcome: Result | BaseException) -> None:
+    def _finish(self, item: _Item, outcome: object) -> None:
         if item.outcome is not None:
             return  # already answered (e.g. cancelled while its batch was running)
         item.outcome = outcome
@@ -291,28 +187,13 @@ class DynamicBatcher(Scheduler):
             for it in items:
                 it.queue_ns = now - it.pending.enqueued_ns
             self.changed.set()  # let another idle worker look at what is left
-            await self._execute(items, instance)
-
-    async def _execute(self, items: list[_Item], instance: int) -> None:
-        t0 = time.perf_counter_ns()
-        size = sum(it.work.batch_size for it in items)
-        try:
-            feeds = merge([it.work.feeds for it in items])
-            outputs = sorted({name for it in items for name in it.work.outputs})
-            t1 = time.perf_counter_ns()
-            results, infer_ns = await self._run(feeds, outputs, instance)
-            t2 = time.perf_counter_ns()
-            parts = split(results, [it.work.batch_size for it in items])
-            output_ns = time.perf_counter_ns() - t2
-        except Exception as e:
+            works = [it.work for it in items if not it.work.is_cancelled()]
+            if works:
+                await self.execute(
+                    works, instance, [it.queue_ns for it in items if not it.work.is_cancelled()]
+                )
             for it in items:
-                self._finish(it, e)
-            return
-        stats = Batch(size, 0, t1 - t0, infer_ns, output_ns)
-        self.on_execution(stats)
-        for it, part in zip(items, parts, strict=True):
-            mine = {name: part[name] for name in it.work.outputs}
-            self._finish(it, Result(mine, Batch(size, it.queue_ns, stats.input_ns, infer_ns, output_ns)))
+                self._finish(it, _DONE)
 
 
 def _resolve(item: _Item) -> None:
@@ -323,28 +204,13 @@ def _resolve(item: _Item) -> None:
             item.future.cancel()
         else:
             item.future.set_exception(item.outcome)
-    elif item.outcome is not None:
-        item.future.set_result(item.outcome)
-
-
-def merge(feeds: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    if len(feeds) == 1:
-        return feeds[0]
-    return {name: np.concatenate([f[name] for f in feeds], axis=0) for name in feeds[0]}
-
-
-def split(results: dict[str, np.ndarray], sizes: list[int]) -> list[dict[str, np.ndarray]]:
-    if len(sizes) == 1:
-        return [results]
-    bounds = np.cumsum([0, *sizes])
-    return [
-        {name: arr[bounds[i] : bounds[i + 1]] for name, arr in results.items()} for i in range(len(sizes))
-    ]
+    else:
+        item.future.set_result(None)
 
 
 def make_scheduler(
     config: model_config_pb2.ModelConfig,
-    execute: Execute,
+    target: Target,
     instances: int,
     executor: Executor,
     on_execution: ExecutionHook,
@@ -356,12 +222,12 @@ def make_scheduler(
             options = BatcherOptions.from_config(config)
             queue = RequestQueue.from_config(config.dynamic_batching)
             return DynamicBatcher(
-                execute, instances, executor, on_execution, options, queue, inline_below_ns=inline_below_ns
+                target, instances, executor, on_execution, options, queue, inline_below_ns=inline_below_ns
             )
         log.warning(
             "model '%s': dynamic_batching needs max_batch_size > 0; requests run one by one", config.name
         )
-    return DirectScheduler(execute, instances, executor, on_execution, inline_below_ns)
+    return DirectScheduler(target, instances, executor, on_execution, inline_below_ns)
 
 
 def _inline_threshold_ns(config: model_config_pb2.ModelConfig) -> int:

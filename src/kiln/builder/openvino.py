@@ -7,9 +7,9 @@ from pathlib import Path
 
 import onnx
 
-from kiln.build.data import Dataset
-from kiln.build.options import CalibrationMethod, CalibrationOptions, Precision
-from kiln.build.report import Reporter, StageRecord
+from kiln.builder.data import Dataset
+from kiln.builder.options import CalibrationMethod, CalibrationOptions, Precision
+from kiln.builder.report import Reporter, StageRecord
 from kiln.errors import InvalidArgumentError, MissingDependencyError
 from kiln.perf.runners import import_openvino
 
@@ -88,7 +88,7 @@ def _quantize(  # type: ignore[no-untyped-def]
     dataset = nncf.Dataset(items)
     ignored = nncf.IgnoredScope(names=list(options.keep_fp32)) if options.keep_fp32 else None
     reporter.note(f"NNCF post-training quantisation on {len(items)} samples")
-    from kiln.build.precision import is_transformer
+    from kiln.builder.precision import is_transformer
 
     transformer = is_transformer(source)
     try:

@@ -6,9 +6,8 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from tritonclient.grpc import model_config_pb2
-
 from kiln.config import load_config
+from kiln.config.schema import model_config_pb2
 from kiln.errors import ModelConfigError, NotFoundError
 
 log = logging.getLogger(__name__)

@@ -6,10 +6,9 @@ import asyncio
 import time
 from collections import Counter as Tally
 from dataclasses import dataclass, field
-from typing import Any
 
 from kiln.errors import ErrorCode, KilnError
-from kiln.latency import LATENCY_KINDS, LatencyOptions, LatencyWindow
+from kiln.stats.latency import LATENCY_KINDS, LatencyOptions, LatencyWindow
 
 # Triton's failure reasons (label `reason` of nv_inference_request_failure)
 FAILURE_REASONS = ("REJECTED", "CANCELED", "BACKEND", "OTHER")
@@ -28,6 +27,11 @@ def failure_reason(exc: BaseException) -> str:
     return "OTHER"
 
 
+# the inference_stats durations, in Triton's order (cache_hit / cache_miss stay zero: no response cache yet)
+STAT_DURATIONS = ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output", "cache_hit",
+                  "cache_miss")  # fmt: skip
+
+
 @dataclass
 class Duration:
     count: int = 0
@@ -36,9 +40,6 @@ class Duration:
     def add(self, ns: int, count: int = 1) -> None:
         self.count += count
         self.ns += ns
-
-    def as_dict(self) -> dict[str, int]:
-        return {"count": self.count, "ns": self.ns}
 
 
 @dataclass
@@ -58,6 +59,8 @@ class ModelStats:
     compute_input: Duration = field(default_factory=Duration)
     compute_infer: Duration = field(default_factory=Duration)
     compute_output: Duration = field(default_factory=Duration)
+    cache_hit: Duration = field(default_factory=Duration)
+    cache_miss: Duration = field(default_factory=Duration)
     failures: Tally[str] = field(default_factory=Tally)
     batches: dict[int, BatchStats] = field(default_factory=dict)
     inference_count: int = 0
@@ -100,34 +103,3 @@ class ModelStats:
         self.fail.add(total_ns)
         self.failures[failure_reason(exc)] += 1
         self.last_inference_ms = int(time.time() * 1000)
-
-    def as_dict(self) -> dict[str, Any]:
-        """Triton's JSON shape for one model_stats entry (also the proto3 JSON of gRPC ModelStatistics)."""
-        zero = Duration().as_dict()
-        return {
-            "name": self.name,
-            "version": self.version,
-            "last_inference": self.last_inference_ms,
-            "inference_count": self.inference_count,
-            "execution_count": self.execution_count,
-            "inference_stats": {
-                "success": self.success.as_dict(),
-                "fail": self.fail.as_dict(),
-                "queue": self.queue.as_dict(),
-                "compute_input": self.compute_input.as_dict(),
-                "compute_infer": self.compute_infer.as_dict(),
-                "compute_output": self.compute_output.as_dict(),
-                "cache_hit": zero,
-                "cache_miss": zero,
-            },
-            "batch_stats": [
-                {
-                    "batch_size": size,
-                    "compute_input": b.compute_input.as_dict(),
-                    "compute_infer": b.compute_infer.as_dict(),
-                    "compute_output": b.compute_output.as_dict(),
-                }
-                for size, b in sorted(self.batches.items())
-            ],
-            "memory_usage": [],
-        }

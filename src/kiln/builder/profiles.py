@@ -6,9 +6,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from kiln.build.data import InputSpec
-from kiln.build.options import ShapeProfile
-from kiln.build.report import StageRecord
+from kiln.builder.data import InputSpec
+from kiln.builder.options import ShapeProfile
+from kiln.builder.report import StageRecord
 from kiln.errors import InvalidArgumentError
 
 DEFAULT_MAX_BATCH = 8

@@ -10,7 +10,7 @@ from pathlib import Path
 import onnx
 import onnxruntime as ort
 
-from kiln.build.report import StageRecord
+from kiln.builder.report import StageRecord
 from kiln.errors import InvalidArgumentError, MissingDependencyError
 
 TORCH_SUFFIXES = (".pt", ".pth", ".pt2", ".torchscript")

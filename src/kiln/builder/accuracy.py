@@ -7,9 +7,9 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from kiln.build.data import Dataset, Sample
-from kiln.build.options import Tolerance
-from kiln.build.report import Reporter
+from kiln.builder.data import Dataset, Sample
+from kiln.builder.options import Tolerance
+from kiln.builder.report import Reporter
 from kiln.errors import ErrorCode, KilnError
 
 Runner = Callable[[Sample], dict[str, np.ndarray]]

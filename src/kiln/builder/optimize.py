@@ -12,8 +12,8 @@ from pathlib import Path
 import onnx
 import onnxruntime as ort
 
-from kiln.build.parse import model_stats
-from kiln.build.report import StageRecord
+from kiln.builder.parse import model_stats
+from kiln.builder.report import StageRecord
 from kiln.errors import InvalidArgumentError
 
 

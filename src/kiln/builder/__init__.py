@@ -1,7 +1,7 @@
 """``kiln build``: compile a model into an optimised, quantised, accuracy-checked artifact in a repository."""
 
-from kiln.build.accuracy import AccuracyGateError, AccuracyReport
-from kiln.build.options import (
+from kiln.builder.accuracy import AccuracyGateError, AccuracyReport
+from kiln.builder.options import (
     BuildOptions,
     CalibrationMethod,
     CalibrationOptions,
@@ -13,7 +13,7 @@ from kiln.build.options import (
     Tolerance,
     parse_shape_spec,
 )
-from kiln.build.pipeline import BuildResult, build
+from kiln.builder.pipeline import BuildResult, build
 
 __all__ = [
     "AccuracyGateError",

@@ -12,8 +12,8 @@ from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
-from kiln.latency import LATENCY_KINDS
-from kiln.stats import FAILURE_REASONS, Duration, ModelStats
+from kiln.stats.counters import FAILURE_REASONS, Duration, ModelStats
+from kiln.stats.latency import LATENCY_KINDS
 
 _COUNTERS: list[tuple[str, str, Callable[[ModelStats], float]]] = [
     ("nv_inference_request_success", "Number of successful inference requests, all batch sizes",

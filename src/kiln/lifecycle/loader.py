@@ -1,0 +1,90 @@
+"""Loading one model version off the event loop: backend instances, warm-up, statistics and its scheduler."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import Executor
+from pathlib import Path
+
+from kiln.backends import ModelCaller
+from kiln.config.schema import model_config_pb2
+from kiln.errors import KilnError
+from kiln.lifecycle.state import LifecycleOptions, ModelState, VersionStatus
+from kiln.model import Model
+from kiln.model.warmup import run_warmup
+from kiln.scheduling import make_scheduler
+from kiln.stats import ModelStats
+
+log = logging.getLogger("kiln.lifecycle.manager")
+
+
+async def load_version(
+    config: model_config_pb2.ModelConfig,
+    model_dir: Path,
+    version: int,
+    backend: str,
+    fingerprint: str,
+    options: LifecycleOptions,
+    executor: Executor,
+    caller: ModelCaller | None = None,
+) -> VersionStatus:
+    name = config.name
+    status = VersionStatus(version, ModelState.LOADING, fingerprint=fingerprint)
+    status.idle.set()
+    loop = asyncio.get_running_loop()
+
+    def build() -> Model:
+        model = Model.load(
+            config,
+            model_dir,
+            version,
+            backend,
+            auto_complete=options.auto_complete,
+            default_max_batch_size=options.default_max_batch_size,
+            caller=caller,
+        )
+        try:
+            run_warmup(model, model_dir)
+        except BaseException:
+            model.unload()
+            raise
+        return model
+
+    try:
+        model = await loop.run_in_executor(executor, build)
+    except KilnError as e:
+        status.state, status.reason = ModelState.UNAVAILABLE, e.message
+        log.error("failed to load model '%s' version %d: %s", name, version, e.message)
+        return status
+    except Exception as e:
+        status.state, status.reason = ModelState.UNAVAILABLE, f"unexpected error: {e}"
+        log.exception("failed to load model '%s' version %d", name, version)
+        return status
+    stats = ModelStats.create(name, str(version), options.latency)
+    scheduler = make_scheduler(
+        model.config,
+        model,
+        len(model.backends),
+        executor,
+        lambda b: stats.record_execution(b.size, b.input_ns, b.infer_ns, b.output_ns),
+    )
+    await scheduler.start()
+    status.model, status.stats, status.scheduler = model, stats, scheduler
+    status.state = ModelState.READY
+    log.info(
+        "loaded model '%s' version %d (%s: %s)", name, version, model.backend.name, model.backend.settings()
+    )
+    return status
+
+
+async def free_version(status: VersionStatus, executor: Executor) -> None:
+    """Once the version's last request is done: stop its scheduler, then release the runtime off the loop."""
+    await status.idle.wait()
+    if status.scheduler is not None:
+        await status.scheduler.stop()
+    model = status.model
+    status.model, status.scheduler = None, None
+    status.state = ModelState.UNAVAILABLE
+    if model is not None:
+        await asyncio.get_running_loop().run_in_executor(executor, model.unload)

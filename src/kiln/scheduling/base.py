@@ -1,0 +1,147 @@
+"""What every scheduler shares: the model instances it runs work on, and one execution of a batch of requests
+in either shape (merged tensors for BATCHED backends, the requests themselves for PER_REQUEST ones)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
+from typing import Any, Protocol
+
+import numpy as np
+
+from kiln.errors import InternalError, KilnError
+from kiln.scheduling.work import Batch, Work
+
+Clock = Callable[[], int]
+ExecutionHook = Callable[[Batch], None]  # called once per execution (statistics)
+
+INLINE_BELOW_NS = 100_000  # executions faster than this run on the event loop: a thread hop costs more
+_MEASURED_RUNS = 8  # executions timed on worker threads before inlining is considered
+
+
+class Target(Protocol):
+    """A model's instances, as a scheduler sees them (implemented by :class:`kiln.model.Model`)."""
+
+    @property
+    def batched(self) -> bool:
+        """True: merged tensor batches (``execute``); False: the requests themselves (``execute_requests``)."""
+        ...
+
+    def execute(
+        self, feeds: dict[str, np.ndarray], outputs: Sequence[str], instance: int
+    ) -> dict[str, np.ndarray]: ...
+
+    def execute_requests(self, works: list[Work], instance: int) -> None: ...
+
+
+class Scheduler(ABC):
+    def __init__(
+        self,
+        target: Target,
+        instances: int,
+        executor: Executor,
+        on_execution: ExecutionHook,
+        inline_below_ns: int = INLINE_BELOW_NS,
+    ) -> None:
+        self.target = target
+        self.instances = instances
+        self.executor = executor
+        self.on_execution = on_execution
+        # only merged-batch runtimes may run on the loop: a per-request backend can block on other models
+        self.inline_below_ns = inline_below_ns if target.batched else 0
+        self._runs = 0
+        self._avg_ns = 0.0  # moving average of pure execution time
+
+    @abstractmethod
+    async def submit(self, work: Work) -> None:
+        """Run ``work``; returns once it has executed (its answers go to ``work.sender``). Raises KilnError
+        subclasses for rejections and queue timeouts."""
+
+    async def start(self) -> None:  # noqa: B027 - optional hook
+        pass
+
+    async def stop(self) -> None:  # noqa: B027 - optional hook
+        pass
+
+    async def _run(self, fn: Callable[..., Any], *args: Any) -> tuple[Any, int]:
+        """Execute on a worker thread; or, for a model measured to run in microseconds, inline on the loop,
+        where a thread hop would cost more than the execution itself."""
+        if self._runs >= _MEASURED_RUNS and self._avg_ns < self.inline_below_ns:
+            results, ns = _timed(fn, *args)
+        else:
+            loop = asyncio.get_running_loop()
+            results, ns = await loop.run_in_executor(self.executor, _timed, fn, *args)
+        self._runs += 1
+        # a slow execution raises the average at once, so a model that slows down leaves the loop immediately
+        self._avg_ns = ns if ns > self._avg_ns else 0.9 * self._avg_ns + 0.1 * ns
+        return results, ns
+
+    async def execute(self, works: list[Work], instance: int, queue_ns: Sequence[int]) -> None:
+        """Run one scheduled batch on ``instance``; every request is answered through its sender."""
+        if self.target.batched:
+            await self._execute_merged(works, instance, queue_ns)
+        else:
+            await self._execute_requests(works, instance, queue_ns)
+
+    async def _execute_merged(self, works: list[Work], instance: int, queue_ns: Sequence[int]) -> None:
+        t0 = time.perf_counter_ns()
+        size = sum(w.batch_size for w in works)
+        try:
+            feeds = merge([w.feeds for w in works])
+            outputs = sorted({name for w in works for name in w.outputs})
+            t1 = time.perf_counter_ns()
+            results, infer_ns = await self._run(self.target.execute, feeds, outputs, instance)
+            t2 = time.perf_counter_ns()
+            parts = split(results, [w.batch_size for w in works])
+            output_ns = time.perf_counter_ns() - t2
+        except Exception as e:
+            if len(works) == 1:
+                works[0].sender.fail(e)
+                return
+            # errors are per request: run each alone, so only the request that fails is failed
+            for work, waited in zip(works, queue_ns, strict=True):
+                await self._execute_merged([work], instance, [waited])
+            return
+        self.on_execution(Batch(size, 0, t1 - t0, infer_ns, output_ns))
+        for work, part, waited in zip(works, parts, queue_ns, strict=True):
+            work.timing = Batch(size, waited, t1 - t0, infer_ns, output_ns)
+            work.sender.send({name: part[name] for name in work.outputs}, final=True)
+
+    async def _execute_requests(self, works: list[Work], instance: int, queue_ns: Sequence[int]) -> None:
+        size = sum(w.batch_size for w in works)
+        infer_ns = 0
+        t0 = time.perf_counter_ns()
+        try:
+            _, infer_ns = await self._run(self.target.execute_requests, works, instance)
+        except Exception as e:
+            infer_ns = time.perf_counter_ns() - t0
+            error = e if isinstance(e, KilnError) else InternalError(str(e) or type(e).__name__)
+            for work in works:
+                work.sender.fail_if_open(error)
+        self.on_execution(Batch(size, 0, 0, infer_ns, 0))
+        for work, waited in zip(works, queue_ns, strict=True):
+            work.timing = Batch(size, waited, 0, infer_ns, 0)
+
+
+def _timed(fn: Callable[..., Any], *args: Any) -> tuple[Any, int]:
+    start = time.perf_counter_ns()
+    results = fn(*args)
+    return results, time.perf_counter_ns() - start
+
+
+def merge(feeds: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    if len(feeds) == 1:
+        return feeds[0]
+    return {name: np.concatenate([f[name] for f in feeds], axis=0) for name in feeds[0]}
+
+
+def split(results: dict[str, np.ndarray], sizes: list[int]) -> list[dict[str, np.ndarray]]:
+    if len(sizes) == 1:
+        return [results]
+    bounds = np.cumsum([0, *sizes])
+    return [
+        {name: arr[bounds[i] : bounds[i + 1]] for name, arr in results.items()} for i in range(len(sizes))
+    ]
