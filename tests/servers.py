@@ -40,7 +40,10 @@ class KilnProcess:
 
     def start(self, timeout: float = 60.0, wait: bool = True) -> KilnProcess:
         self._log = open(self.log_path, "wb")
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        # this folder on the path: tests may register backends of their own (--backend NAME=MODULE:CLASS)
+        here = str(Path(__file__).resolve().parent)
+        path = os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH", "")) if p)
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": path}
         self.proc = subprocess.Popen(self.args, stdout=self._log, stderr=subprocess.STDOUT, env=env)
         if wait:
             self.wait_live(timeout)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import logging
 import signal
 import socket
@@ -16,6 +17,7 @@ import uvicorn
 from prometheus_client import make_asgi_app
 from tritonclient.grpc import service_pb2_grpc
 
+from kiln.backends import Backend, BackendSpec, register_backend
 from kiln.core import Core, CoreOptions
 from kiln.errors import KilnError
 from kiln.grpc.servicer import InferenceServicer
@@ -53,6 +55,7 @@ class ServerOptions:
     model_upload_max_bytes: int = 256 * 1024 * 1024
     http_restricted_api: list[str] = field(default_factory=list)
     grpc_restricted_protocol: list[str] = field(default_factory=list)
+    backends: list[str] = field(default_factory=list)  # NAME=MODULE:CLASS, registered before models load
 
 
 class _Uvicorn(uvicorn.Server):
@@ -74,6 +77,8 @@ async def serve(options: ServerOptions, stop: asyncio.Event | None = None) -> No
     http_restrictions = Restrictions.parse(options.http_restricted_api, "--http-restricted-api")
     grpc_restrictions = Restrictions.parse(options.grpc_restricted_protocol, "--grpc-restricted-protocol")
     latency = LatencyOptions.parse(options.metrics_config)
+    for spec in options.backends:
+        register_backend_flag(spec)
     repository = ModelRepository(options.model_repositories)
     core = Core(
         repository,
@@ -182,6 +187,21 @@ async def _run_servers(
             await grpc_server.stop(options.shutdown_timeout_s)
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def register_backend_flag(spec: str) -> None:
+    """``--backend NAME=MODULE:CLASS``: checked (the class must import and be a Backend) before models load."""
+    name, sep, target = spec.partition("=")
+    module, colon, cls = target.partition(":")
+    if not sep or not colon or not name or not module or not cls:
+        raise StartupError(f"--backend {spec!r}: expected NAME=MODULE:CLASS")
+    try:
+        klass = getattr(importlib.import_module(module), cls)
+    except (ImportError, AttributeError) as e:
+        raise StartupError(f"--backend {spec!r}: cannot import {module}:{cls}: {e}") from None
+    if not (isinstance(klass, type) and issubclass(klass, Backend)):
+        raise StartupError(f"--backend {spec!r}: {module}:{cls} is not a kiln.backends.Backend subclass")
+    register_backend(name, BackendSpec(module, cls))
 
 
 def bind_socket(host: str, port: int, what: str) -> socket.socket:

@@ -143,11 +143,19 @@ def add_parser(sub: Any) -> None:
         metavar="LEVEL",
         help="verbose logging (1 or more)",
     )
+    p.add_argument(
+        "--backend",
+        action="append",
+        default=[],
+        metavar="NAME=MODULE:CLASS",
+        help="Kiln extension: serve models whose config says backend: NAME with your own Backend subclass "
+        "(MODULE importable on PYTHONPATH); repeatable",
+    )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from kiln.cli.main import configure_logging
+    from kiln.cli.common import configure_logging
     from kiln.server import ServerOptions
     from kiln.server import run as run_server
 
@@ -181,5 +189,6 @@ def run(args: argparse.Namespace) -> int:
         model_upload_max_bytes=args.model_upload_max_size,
         http_restricted_api=list(args.http_restricted_api),
         grpc_restricted_protocol=list(args.grpc_restricted_protocol),
+        backends=list(args.backend),
     )
     return run_server(options)
