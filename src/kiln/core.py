@@ -124,8 +124,7 @@ class Core:
         """One request, one response (HTTP, unary gRPC, BLS). A decoupled model is refused: it may answer with
         any number of responses, which only a stream can carry."""
         admitted = self._admit(request, streaming=False)
-        status, model, work, prepared = admitted.status, admitted.model, admitted.work, admitted.prepared
-        stats, start = admitted.stats, admitted.start_ns
+        work = admitted.work
         try:
             await admitted.scheduler.submit(work)
             reply = await work.sender.result()
@@ -133,15 +132,12 @@ class Core:
             if reply.error is not None:
                 raise reply.error
             assert reply.outputs is not None
-            response = model.respond(request, prepared, reply.outputs, reply.parameters)
+            response = admitted.model.respond(request, admitted.prepared, reply.outputs, reply.parameters)
         except BaseException as e:
-            if isinstance(e, asyncio.CancelledError):
-                request.cancellation.cancel()
-            stats.record_failure(time.perf_counter_ns() - start, e)
+            admitted.record_failure(e, cancel=isinstance(e, asyncio.CancelledError))
             raise
         finally:
-            stats.pending -= 1
-            status.leave()
+            admitted.release()
         admitted.record_success(returned_at)
         return response
 
@@ -154,8 +150,7 @@ class Core:
             yield await self.infer(request)
             return
         admitted = self._admit(request, streaming=True)
-        status, model, work, prepared = admitted.status, admitted.model, admitted.work, admitted.prepared
-        stats, start = admitted.stats, admitted.start_ns
+        model, work, prepared = admitted.model, admitted.work, admitted.prepared
         submitted = asyncio.ensure_future(admitted.scheduler.submit(work))
         submitted.add_done_callback(lambda t: _fail_on_rejection(t, work))
         failed: BaseException | None = None
@@ -181,15 +176,14 @@ class Core:
                     break
             await submitted
         except BaseException as e:
-            if not work.sender.closed or isinstance(e, (asyncio.CancelledError, GeneratorExit)):
-                request.cancellation.cancel()
-            stats.record_failure(time.perf_counter_ns() - start, e)
+            admitted.record_failure(
+                e, cancel=not work.sender.closed or isinstance(e, (asyncio.CancelledError, GeneratorExit))
+            )
             raise
         finally:
-            stats.pending -= 1
-            status.leave()
+            admitted.release()
         if failed is not None:
-            stats.record_failure(time.perf_counter_ns() - start, failed)
+            admitted.record_failure(failed)
             return
         admitted.record_success(time.perf_counter_ns())
 
@@ -310,6 +304,15 @@ class _Admitted:
     prepared: PreparedRequest
     start_ns: int
     prepared_ns: int  # when the request checks were done
+
+    def record_failure(self, error: BaseException, cancel: bool = False) -> None:
+        if cancel:
+            self.work.request.cancellation.cancel()
+        self.stats.record_failure(time.perf_counter_ns() - self.start_ns, error)
+
+    def release(self) -> None:
+        self.stats.pending -= 1
+        self.status.leave()
 
     def record_success(self, returned_at: int) -> None:
         """Triton's split: compute_input includes the checks before queueing, compute_output the response

@@ -24,6 +24,7 @@ _REGISTRY: dict[str, BackendSpec] = {
         "kiln.backends.onnxruntime", "OnnxRuntimeBackend", ("onnxruntime_onnx",), ("model.onnx",)
     ),
     "openvino": BackendSpec("kiln.backends.openvino", "OpenVinoBackend", ("openvino",), ("model.xml",)),
+    "python": BackendSpec("kiln.backends.python", "PythonBackend", (), ("model.py",)),
 }
 # Known to Triton, not (yet) served by Kiln: refused with a clear message instead of a vague failure.
 _NOT_YET = {
@@ -33,7 +34,7 @@ _NOT_YET = {
     "pytorch_libtorch": "pytorch",
     "ensemble": "ensemble",
 }
-_NOT_YET_BACKENDS = {"tensorrt", "tensorflow", "pytorch", "python", "ensemble", "fil", "dali"}
+_NOT_YET_BACKENDS = {"tensorrt", "tensorflow", "pytorch", "ensemble", "fil", "dali"}
 
 
 def register_backend(name: str, spec: BackendSpec) -> None:

@@ -1,0 +1,312 @@
+"""``triton_python_backend_utils`` for models run by Kiln: Triton's Python-backend API, so ``model.py`` files
+written for Triton import it as ``pb_utils`` and run unchanged.
+
+Tensors are numpy arrays (BYTES as object arrays of ``bytes``, as Triton gives them). ``InferenceRequest.exec``
+/ ``async_exec`` (BLS) reach any model Kiln serves through the core, with its batching and statistics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import numpy as np
+
+from kiln.config.schema import model_config_pb2
+from kiln.errors import KilnError
+from kiln.types import InferRequest, InputTensor, RequestedOutput, datatypes
+
+TRITONSERVER_RESPONSE_COMPLETE_FINAL = 1
+TRITONSERVER_REQUEST_FLAG_SEQUENCE_START = 1
+TRITONSERVER_REQUEST_FLAG_SEQUENCE_END = 2
+TRITONSERVER_REQUEST_RELEASE_RESCHEDULE = 2
+
+_log = logging.getLogger("kiln.python_model")
+_state: dict[str, Any] = {"caller": None}  # the injected model caller, set when a Python model loads
+
+
+class TritonError(Exception):
+    UNKNOWN = 0
+    INTERNAL = 1
+    NOT_FOUND = 2
+    INVALID_ARG = 3
+    UNAVAILABLE = 4
+    UNSUPPORTED = 5
+    ALREADY_EXISTS = 6
+    CANCELLED = 7
+
+    def __init__(self, message: str, code: int = INTERNAL) -> None:
+        super().__init__(message)
+        self._message = message
+        self._code = code
+
+    def message(self) -> str:
+        return self._message
+
+    def code(self) -> int:
+        return self._code
+
+
+class TritonModelException(Exception):
+    pass
+
+
+class Tensor:
+    def __init__(self, name: str, data: Any) -> None:
+        if not isinstance(data, np.ndarray):
+            raise TritonModelException(
+                f"tensor '{name}': data must be a numpy array, got {type(data).__name__}"
+            )
+        if data.dtype.kind in "US":
+            data = np.array([x.encode() if isinstance(x, str) else bytes(x) for x in data.reshape(-1)],
+                            dtype=np.object_).reshape(data.shape)  # fmt: skip
+        self._name = name
+        self._data = data
+
+    def name(self) -> str:
+        return self._name
+
+    def as_numpy(self) -> np.ndarray:
+        return self._data
+
+    def triton_dtype(self) -> int:
+        return _CONFIG_ENUMS[datatypes.from_numpy(self._data.dtype).config_name]
+
+    def shape(self) -> list[int]:
+        return list(self._data.shape)
+
+    def is_cpu(self) -> bool:
+        return True
+
+    def to_dlpack(self) -> Any:
+        return self._data.__dlpack__()
+
+    @staticmethod
+    def from_dlpack(name: str, capsule: Any) -> Tensor:
+        return Tensor(name, np.from_dlpack(capsule))
+
+
+class InferenceResponse:
+    def __init__(
+        self,
+        output_tensors: list[Tensor] | None = None,
+        error: TritonError | None = None,
+        parameters: dict[str, Any] | str | None = None,
+    ) -> None:
+        self._outputs = list(output_tensors or [])
+        self._error = error
+        self._parameters = json.loads(parameters) if isinstance(parameters, str) else dict(parameters or {})
+
+    def output_tensors(self) -> list[Tensor]:
+        return self._outputs
+
+    def has_error(self) -> bool:
+        return self._error is not None
+
+    def error(self) -> TritonError | None:
+        return self._error
+
+    def parameters(self) -> str:
+        return json.dumps(self._parameters)
+
+
+class InferenceRequest:
+    """A request given to ``execute`` (built by Kiln), or one a model builds to call another model (BLS)."""
+
+    def __init__(
+        self,
+        model_name: str = "",
+        inputs: list[Tensor] | None = None,
+        requested_output_names: list[str] | None = None,
+        request_id: str = "",
+        correlation_id: int | str = 0,
+        flags: int = 0,
+        timeout: int = 0,
+        model_version: int = -1,
+        preferred_memory: Any = None,
+        trace: Any = None,
+        parameters: dict[str, Any] | str | None = None,
+    ) -> None:
+        self._model_name = model_name
+        self._inputs = list(inputs or [])
+        self._outputs = list(requested_output_names or [])
+        self._id = request_id
+        self._correlation_id = correlation_id
+        self._flags = flags
+        self._timeout = timeout
+        self._model_version = model_version
+        self._parameters = json.loads(parameters) if isinstance(parameters, str) else dict(parameters or {})
+        self._sender: Any = None  # set by Kiln for requests given to execute
+        self._cancelled: Any = None
+
+    def inputs(self) -> list[Tensor]:
+        return self._inputs
+
+    def request_id(self) -> str:
+        return self._id
+
+    def correlation_id(self) -> int | str:
+        return self._correlation_id
+
+    def flags(self) -> int:
+        return self._flags
+
+    def timeout(self) -> int:
+        return self._timeout
+
+    def parameters(self) -> str:
+        return json.dumps(self._parameters)
+
+    def requested_output_names(self) -> list[str]:
+        return self._outputs
+
+    def model_name(self) -> str:
+        return self._model_name
+
+    def get_response_sender(self) -> Any:
+        if self._sender is None:
+            raise TritonModelException("only a request given to execute() has a response sender")
+        return self._sender
+
+    def is_cancelled(self) -> bool:
+        return bool(self._cancelled and self._cancelled())
+
+    # -- BLS ---------------------------------------------------------------------------------------------
+    def _kiln_request(self) -> InferRequest:
+        inputs = []
+        for t in self._inputs:
+            data = t.as_numpy()
+            inputs.append(InputTensor(t.name(), datatypes.from_numpy(data.dtype), tuple(data.shape), data))
+        request = InferRequest(
+            self._model_name,
+            "" if self._model_version in (-1, None) else str(self._model_version),
+            self._id,
+            inputs,
+            [RequestedOutput(n) for n in self._outputs] or None,
+            dict(self._parameters),
+            correlation_id=self._correlation_id,
+            sequence_start=bool(self._flags & TRITONSERVER_REQUEST_FLAG_SEQUENCE_START),
+            sequence_end=bool(self._flags & TRITONSERVER_REQUEST_FLAG_SEQUENCE_END),
+            timeout_us=self._timeout or None,
+        )
+        return request
+
+    def exec(self, decoupled: bool = False) -> Any:
+        caller = _caller()
+        try:
+            if decoupled:
+                return _responses(caller.stream_sync(self._kiln_request()))
+            return _response(caller.infer_sync(self._kiln_request()))
+        except KilnError as e:
+            error = InferenceResponse(error=TritonError(e.message))
+            return iter([error]) if decoupled else error
+
+    async def async_exec(self, decoupled: bool = False) -> Any:
+        caller = _caller()
+        if decoupled:
+            return _async_responses(caller, self._kiln_request())
+        try:
+            loop = caller.loop
+            future = asyncio.run_coroutine_threadsafe(caller.infer(self._kiln_request()), loop)
+            return _response(await asyncio.wrap_future(future))
+        except KilnError as e:
+            return InferenceResponse(error=TritonError(e.message))
+
+
+def _caller() -> Any:
+    caller = _state["caller"]
+    if caller is None:
+        raise TritonModelException("BLS calls need a running Kiln server")
+    return caller
+
+
+def _response(response: Any) -> InferenceResponse:
+    if response.error is not None:
+        message = getattr(response.error, "message", str(response.error))
+        return InferenceResponse(error=TritonError(message))
+    return InferenceResponse(
+        [Tensor(o.name, o.data) for o in response.outputs], parameters=response.parameters
+    )
+
+
+def _responses(stream: Iterator[Any]) -> Iterator[InferenceResponse]:
+    try:
+        for response in stream:
+            yield _response(response)
+    except KilnError as e:
+        yield InferenceResponse(error=TritonError(e.message))
+
+
+async def _async_responses(caller: Any, request: InferRequest) -> AsyncIterator[InferenceResponse]:
+    loop = asyncio.get_running_loop()
+    for response in await loop.run_in_executor(None, lambda: list(_responses(caller.stream_sync(request)))):
+        yield response
+
+
+# -- helpers Triton's module has -----------------------------------------------------------------------
+def get_input_tensor_by_name(request: InferenceRequest, name: str) -> Tensor | None:
+    return next((t for t in request.inputs() if t.name() == name), None)
+
+
+def get_output_tensor_by_name(response: InferenceResponse, name: str) -> Tensor | None:
+    return next((t for t in response.output_tensors() if t.name() == name), None)
+
+
+def get_input_config_by_name(model_config: dict[str, Any], name: str) -> dict[str, Any] | None:
+    return next((e for e in model_config.get("input", []) if e.get("name") == name), None)
+
+
+def get_output_config_by_name(model_config: dict[str, Any], name: str) -> dict[str, Any] | None:
+    return next((e for e in model_config.get("output", []) if e.get("name") == name), None)
+
+
+def using_decoupled_model_transaction_policy(model_config: dict[str, Any]) -> bool:
+    return bool(model_config.get("model_transaction_policy", {}).get("decoupled", False))
+
+
+def triton_string_to_numpy(triton_type_string: str) -> Any:
+    dtype = datatypes.BY_CONFIG_NAME[triton_type_string].numpy
+    return np.object_ if dtype == np.dtype(np.object_) else dtype.type
+
+
+_CONFIG_ENUMS = {name: model_config_pb2.DataType.Value(name) for name in datatypes.BY_CONFIG_NAME}
+
+
+class Logger:
+    INFO, WARNING, ERROR, VERBOSE = 0, 1, 2, 3
+
+    @staticmethod
+    def log(message: str, level: int = 0) -> None:
+        {0: _log.info, 1: _log.warning, 2: _log.error}.get(level, _log.debug)(message)
+
+    @staticmethod
+    def log_info(message: str) -> None:
+        _log.info(message)
+
+    @staticmethod
+    def log_warn(message: str) -> None:
+        _log.warning(message)
+
+    @staticmethod
+    def log_error(message: str) -> None:
+        _log.error(message)
+
+    @staticmethod
+    def log_verbose(message: str) -> None:
+        _log.debug(message)
+
+
+def _not_yet(what: str) -> Any:
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise TritonModelException(f"pb_utils.{what} is not implemented by Kiln yet")
+
+    return refuse
+
+
+MetricFamily = _not_yet("MetricFamily")
+load_model = _not_yet("load_model")
+unload_model = _not_yet("unload_model")
+is_model_ready = _not_yet("is_model_ready")
