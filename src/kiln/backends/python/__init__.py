@@ -12,6 +12,7 @@ import asyncio
 import importlib.util
 import inspect
 import json
+import logging
 import sys
 import threading
 from pathlib import Path
@@ -22,6 +23,8 @@ from kiln.backends.python import pb_utils
 from kiln.config import config_to_dict
 from kiln.errors import InternalError, InvalidArgumentError, KilnError, ModelLoadError
 from kiln.scheduling.work import Work
+
+log = logging.getLogger(__name__)
 
 _ERRORS = {
     pb_utils.TritonError.INVALID_ARG: InvalidArgumentError,
@@ -35,6 +38,12 @@ class PythonBackend(Backend):
     shape = ExecutionShape.PER_REQUEST
 
     def load(self) -> None:
+        for key in ("EXECUTION_ENV_PATH", "KILN_ISOLATION"):
+            if self.parameter(key) is not None:
+                raise ModelLoadError(
+                    f"parameter {key}: other execution environments and process isolation are not implemented "
+                    f"by Kiln's Python backend yet (models run in the server process)"
+                )
         sys.modules.setdefault("triton_python_backend_utils", pb_utils)
         if self.context.caller is not None:
             pb_utils._state["caller"] = self.context.caller
@@ -55,6 +64,11 @@ class PythonBackend(Backend):
             raise ModelLoadError(
                 f"failed to import {self.model_path.name}: {type(e).__name__}: {e}"
             ) from None
+        if hasattr(model_class, "auto_complete_config"):
+            log.warning(
+                "model '%s': auto_complete_config() is not run by Kiln yet; the config.pbtxt must be complete",
+                self.config.name,
+            )
         self.model = model_class()
         self.decoupled = self.config.model_transaction_policy.decoupled
         self._loop: asyncio.AbstractEventLoop | None = None
