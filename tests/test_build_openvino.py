@@ -63,6 +63,8 @@ def test_fp32_fp16_int8_irs(work: Path) -> None:
     assert (fp16 / "model.bin").stat().st_size < (fp32 / "model.bin").stat().st_size
     (timed,) = bench(BenchOptions(artifacts=(fp32.parent,), iterations=10, warmup_s=0.01, batch=2))
     assert timed.backend == "openvino" and timed.latency.iterations == 10
+    assert timed.settings["INFERENCE_PRECISION_HINT"] == "f32"  # the config's, as kiln serve compiles it
+    assert timed.threads == timed.settings["INFERENCE_NUM_THREADS"]
     int8 = _build(work, "int8", Precision.INT8, CalibrationMethod.MINMAX)
     assert _layer_types(int8 / "model.xml").count("FakeQuantize") >= 2
     assert "FakeQuantize" not in _layer_types(fp32 / "model.xml")

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import json
+import re
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from kiln.builder import BuildOptions, CalibrationOptions, Precision, build
+from kiln.cli.main import main
 from kiln.errors import InvalidArgumentError
+from kiln.examples import models, write_model
 from kiln.perf import BenchOptions, LatencyStats, bench
 from kiln.perf.report import print_results, results_json, write_histogram, write_json
+from servers import KilnProcess
 from test_build_models import mlp, save, transformer_block, write_samples
 
 
@@ -43,6 +49,9 @@ def test_bench_one_artifact_by_folder_and_file(repo: Path) -> None:
     )
     assert by_folder.latency.iterations == 30
     assert by_folder.threads == 1  # from the generated config.pbtxt
+    assert by_folder.settings["intra_op_threads"] == 1 and by_folder.settings["inter_op_threads"] == 1
+    assert by_folder.settings["providers"] == ["CPUExecutionProvider"]
+    assert str(by_folder.settings["runtime"]).startswith("onnxruntime ")
     assert by_folder.batch == 4 and by_folder.latency.throughput > 0
     assert by_folder.size_mb > 0 and by_folder.peak_memory_mb >= 0
     (by_file,) = bench(
@@ -66,9 +75,11 @@ def test_compare_alternates_and_reports_ratios(
     print_results([a, b])
     out = capsys.readouterr().out
     assert "B / A" in out and "p99" in out and "throughput" in out
+    assert "intra_op_threads" in out and "graph_optimization ORT_ENABLE_ALL" in out
     write_json([a, b], tmp_path / "r.json")
     saved = json.loads((tmp_path / "r.json").read_text())
     assert len(saved["results"][0]["latency"]["latencies_ms"]) == 40
+    assert saved["results"][1]["settings"] == b.settings
     if importlib.util.find_spec("matplotlib") is not None:
         write_histogram([a, b], tmp_path / "h.png")
         assert (tmp_path / "h.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -92,3 +103,45 @@ def test_dynamic_dims_need_shapes(repo: Path) -> None:
         bench(BenchOptions(artifacts=(block,), iterations=1, input_data=repo / "wrong.npz"))
     with pytest.raises(InvalidArgumentError, match="does not exist"):
         bench(BenchOptions(artifacts=(repo / "nope",)))
+
+
+# ORT models whose thread settings come from different places: cores / instances, a parameter, both ORT knobs
+SERVED = {
+    "two_instances": "instance_group [ { count: 2 kind: KIND_CPU } ]",
+    "one_thread": 'parameters { key: "intra_op_thread_count" value: { string_value: "1" } }',
+    "tuned": 'parameters { key: "inter_op_thread_count" value: { string_value: "2" } }\n'
+    "optimization { graph { level: -1 } }",
+    "defaults": "",
+}
+_LOADED = re.compile(r"loaded model '(\w+)' version \d+ \(onnxruntime: (\{.*\})\)")
+
+
+def _served_settings(server: KilnProcess, names: set[str], timeout: float = 60.0) -> dict[str, dict]:
+    deadline = time.monotonic() + timeout
+    while True:
+        found = {m[1]: ast.literal_eval(m[2]) for m in _LOADED.finditer(server.log())}
+        if names <= found.keys() or time.monotonic() > deadline:
+            return found
+        time.sleep(0.1)
+
+
+def test_bench_runs_a_model_as_serve_does(tmp_path: Path) -> None:
+    """kiln bench on a repository model reports the thread and optimisation settings kiln serve loads it with."""
+    repo = tmp_path / "repo"
+    for name, extra in SERVED.items():
+        write_model(repo, name, models.add_sub(["batch", 4]), f'name: "{name}"\nmax_batch_size: 8\n{extra}')
+    with KilnProcess([repo], "--exit-on-error", log_dir=tmp_path) as server:
+        served = _served_settings(server, set(SERVED))
+    assert served.keys() == SERVED.keys(), server.log()
+    assert served["one_thread"]["intra_op_threads"] == 1
+    assert served["tuned"]["inter_op_threads"] == 2
+    assert served["tuned"]["graph_optimization"] == "ORT_ENABLE_BASIC"
+    keys = ("intra_op_threads", "inter_op_threads", "graph_optimization", "providers")
+    for name in SERVED:
+        out = tmp_path / f"{name}.json"
+        assert (
+            main(["bench", str(repo / name), "--iterations", "3", "--warmup", "0", "--json", str(out)]) == 0
+        )
+        (result,) = json.loads(out.read_text())["results"]
+        assert {k: result["settings"][k] for k in keys} == {k: served[name][k] for k in keys}, name
+        assert result["threads"] == served[name]["intra_op_threads"]

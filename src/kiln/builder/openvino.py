@@ -11,7 +11,15 @@ from kiln.builder.data import Dataset
 from kiln.builder.options import CalibrationMethod, CalibrationOptions, Precision
 from kiln.builder.report import Reporter, StageRecord
 from kiln.errors import InvalidArgumentError, MissingDependencyError
-from kiln.perf.runners import import_openvino
+
+
+def import_openvino():  # type: ignore[no-untyped-def]
+    """The openvino module, or a clear error naming the extra to install."""
+    try:
+        import openvino
+    except ImportError:
+        raise MissingDependencyError("OpenVINO", "openvino") from None
+    return openvino
 
 
 def _nncf():  # type: ignore[no-untyped-def]

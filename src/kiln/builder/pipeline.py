@@ -30,8 +30,9 @@ from kiln.builder.write import (
     staging_dir,
     tool_versions,
 )
-from kiln.errors import InvalidArgumentError
-from kiln.perf.runners import OpenVinoRunner, OrtRunner, Runner, gpu_providers, import_openvino
+from kiln.config.schema import model_config_pb2
+from kiln.errors import InvalidArgumentError, UnavailableError
+from kiln.perf.runners import GpuOptions, Runner, model_config, open_model
 
 
 @dataclass
@@ -67,7 +68,7 @@ def build(options: BuildOptions, reporter: Reporter | None = None) -> BuildResul
     output = Path(options.output)
     if not output.name or output.name.startswith("."):
         raise InvalidArgumentError(f"-o {output}: expected REPO/NAME, the model folder to write")
-    providers = _device_check(options)
+    gpu = _device_check(options)
     version = next_version(output, options.version)
 
     with reporter.stage("parse") as record:
@@ -83,7 +84,12 @@ def build(options: BuildOptions, reporter: Reporter | None = None) -> BuildResul
     try:
         with reporter.stage("optimise") as record:
             base = optimize(source, OptimizationLevel.BASIC, record) if options.optimize else source
-        reference = OrtRunner(source.SerializeToString(), options.threads, name="fp32 reference")
+        reference = open_model(
+            "onnxruntime",
+            source.SerializeToString(),
+            model_config("onnxruntime", threads=options.threads),
+            name="fp32 reference",
+        )
         precisions = (
             [options.precision] if options.precision is not Precision.BEST else _best_candidates(calibration)
         )
@@ -91,9 +97,7 @@ def build(options: BuildOptions, reporter: Reporter | None = None) -> BuildResul
         candidates = []
         for precision in precisions:
             model = _model_for(precision, source, base, fused, options, reporter)
-            candidate = _make_candidate(
-                precision, model, calibration, profile, options, work, reporter, providers
-            )
+            candidate = _make_candidate(precision, model, calibration, profile, options, work, reporter, gpu)
             _check_accuracy(candidate, reference, validation, batch, options, reporter)
             if options.benchmark or options.precision is Precision.BEST:
                 with reporter.stage(f"speed {precision.value}") as record:
@@ -145,14 +149,26 @@ def _check_accuracy(
             reporter.note(failure, style="red")
 
 
-def _device_check(options: BuildOptions) -> list[object] | None:
+def _device_check(options: BuildOptions) -> GpuOptions | None:
+    """Fail before any work when the target's runtime is missing; for ``--device gpu``, the GPU instance (with
+    the build's TensorRT options) the ONNX Runtime backend runs the candidates on."""
     if options.target is Target.OPENVINO:
-        import_openvino()  # a missing extra is a clear error before any work
-    if options.device is Device.GPU:
-        if options.target is not Target.ONNXRUNTIME:
-            raise InvalidArgumentError("--device gpu is available for --target onnxruntime only")
-        return gpu_providers(trt_options=_tensorrt_options(options))
-    return None
+        from kiln.builder.openvino import import_openvino
+
+        import_openvino()
+    if options.device is not Device.GPU:
+        return None
+    if options.target is not Target.ONNXRUNTIME:
+        raise InvalidArgumentError("--device gpu is available for --target onnxruntime only")
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if "CUDAExecutionProvider" not in available:
+        raise UnavailableError(
+            "GPU requested but this onnxruntime has no CUDAExecutionProvider (no GPU or CPU-only build: "
+            f"available providers are {', '.join(available)}); install onnxruntime-gpu on a machine with a GPU"
+        )
+    return GpuOptions(tensorrt=_tensorrt_options(options))
 
 
 def _tensorrt_options(options: BuildOptions) -> dict[str, str]:
@@ -218,7 +234,7 @@ def _make_candidate(
     options: BuildOptions,
     work: Path,
     reporter: Reporter,
-    providers: list[object] | None,
+    gpu: GpuOptions | None,
 ) -> Candidate:
     folder = work / precision.value
     folder.mkdir()
@@ -230,12 +246,13 @@ def _make_candidate(
             xml = build_ir(
                 model, precision, calibration, options.calibration, batchable, folder, reporter, record
             )
-            runner: Runner = OpenVinoRunner(
-                xml,
-                options.threads,
-                name=f"openvino {precision.value}",
-                inference_precision=_ov_precision(precision),
+            ov_precision = _ov_precision(precision)
+            config = model_config(
+                "openvino",
+                threads=options.threads,
+                parameters={"inference_precision": ov_precision} if ov_precision else None,
             )
+            runner = open_model("openvino", xml, config, name=f"openvino {precision.value}")
         else:
             from kiln.builder import precision as prec
 
@@ -245,9 +262,8 @@ def _make_candidate(
                 model = prec.to_int8(model, calibration, options.calibration, batchable, reporter, record)
             path = folder / "model.onnx"
             onnx.save(model, str(path))
-            runner = OrtRunner(
-                path, options.threads, name=f"onnxruntime {precision.value}", providers=providers
-            )
+            config = model_config("onnxruntime", threads=options.threads, gpu=gpu)
+            runner = open_model("onnxruntime", path, config, name=f"onnxruntime {precision.value}")
             record.details["nodes"] = len(model.graph.node)
         size = sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
         record.details["size_mb"] = round(size / 1e6, 3)
@@ -318,7 +334,7 @@ def _write(
             version_dir = staged / str(version)
             shutil.copytree(chosen.files, version_dir)
             if options.target is Target.OPENVINO:
-                _warm_cache(version_dir, output, options, chosen.precision)
+                _warm_cache(version_dir, output, config)
             artifact = version_dir / ("model.xml" if options.target is Target.OPENVINO else "model.onnx")
             manifest = _manifest(chosen, candidates, source, artifact, options, version, started, reporter)
             target = install(version_dir, output, version, config, manifest)
@@ -343,18 +359,15 @@ def _ov_precision(precision: Precision) -> str | None:
     return "f32" if precision is Precision.FP32 else None
 
 
-def _warm_cache(
-    version_dir: Path, model_dir: Path, options: BuildOptions, options_precision: Precision
-) -> None:
-    """Compile once with the model's cache folder so the server's first load reuses the compiled blob."""
+def _warm_cache(version_dir: Path, model_dir: Path, config: model_config_pb2.ModelConfig) -> None:
+    """Compile once, with the generated config (so the compile properties are the server's), into the model's
+    cache folder so the server's first load reuses the compiled blob."""
     from kiln.builder.write import OV_CACHE_DIR
 
-    OpenVinoRunner(
-        version_dir / "model.xml",
-        options.threads,
-        cache_dir=model_dir / OV_CACHE_DIR,
-        inference_precision=_ov_precision(options_precision),
-    )
+    warm = model_config_pb2.ModelConfig()
+    warm.CopyFrom(config)
+    warm.parameters["cache_dir"].string_value = str((model_dir / OV_CACHE_DIR).absolute())
+    open_model("openvino", version_dir / "model.xml", warm).close()
 
 
 def _manifest(

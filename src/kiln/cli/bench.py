@@ -22,11 +22,11 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--duration", type=float, default=3.0, help="seconds of timed runs (default 3)")
     p.add_argument("--warmup", type=float, default=0.5, help="seconds of warm-up (default 0.5)")
     p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--threads", type=int, help="intra-op threads (default: config.pbtxt, else all cores)")
+    p.add_argument("--threads", type=int, help="intra-op threads (default: as kiln serve runs the model)")
     p.add_argument("--shapes", default="", metavar="NAME:DxD,...", help="input shapes for dynamic dims")
     p.add_argument("--load-inputs", type=Path, metavar="NPZ", help="real inputs (one array per input name)")
     p.add_argument("--rounds", type=int, default=4, help="with --compare: alternate A/B this many times")
-    p.add_argument("--json", type=Path, metavar="FILE", help="write the results (with every latency) as JSON")
+    p.add_argument("--json", type=Path, metavar="FILE", help="write results, latencies, settings as JSON")
     p.add_argument("--histogram", type=Path, metavar="PNG", help="latency histogram (needs the plot extra)")
     p.set_defaults(func=run)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import os
 import platform
 import time
 from dataclasses import dataclass, field
@@ -10,7 +11,7 @@ from pathlib import Path
 
 from kiln.errors import InvalidArgumentError
 from kiln.perf.measure import LatencyStats, MemorySampler, load_feeds, make_feeds, rss_bytes, time_runs
-from kiln.perf.runners import default_threads, open_runner, resolve
+from kiln.perf.runners import open_runner, resolve
 
 
 @dataclass(frozen=True)
@@ -20,7 +21,7 @@ class BenchOptions:
     duration_s: float = 3.0
     warmup_s: float = 0.5
     batch: int = 1
-    threads: int | None = None  # None: the artifact's config.pbtxt, else every core
+    threads: int | None = None  # None: as kiln serve runs it (config.pbtxt, else cores / CPU instances)
     shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     rounds: int = 1  # with several artifacts, alternate A, B, A, B ... this many times
     input_data: Path | None = None  # .npz of real inputs (like trtexec --loadInputs); else random data
@@ -32,7 +33,8 @@ class BenchResult:
     label: str  # the artifact as given
     artifact: str
     backend: str
-    threads: int
+    threads: int | None  # intra-op threads in force
+    settings: dict[str, object]  # the backend's runtime settings: version, threads, providers, optimisation
     batch: int
     size_mb: float
     load_s: float
@@ -86,13 +88,14 @@ def bench(options: BenchOptions) -> list[BenchResult]:
             # memory this artifact holds plus what a run adds on top (other loaded artifacts don't count)
             memory.peak = max(memory.peak, memory.baseline + memory.steady + during.peak - during.baseline)
     results = []
-    for (artifact, _runner, _feeds, load_s, memory), lat, wall in zip(loaded, latencies, walls, strict=True):
+    for (artifact, runner, _feeds, load_s, memory), lat, wall in zip(loaded, latencies, walls, strict=True):
         results.append(
             BenchResult(
-                label=_runner.name,
+                label=runner.name,
                 artifact=str(artifact.path),
                 backend=artifact.backend,
-                threads=options.threads or artifact.threads or default_threads(),
+                threads=runner.threads,
+                settings=runner.settings(),
                 batch=options.batch,
                 size_mb=round(artifact_size_mb(artifact.path), 3),
                 load_s=load_s,
@@ -100,11 +103,12 @@ def bench(options: BenchOptions) -> list[BenchResult]:
                 latency=LatencyStats.from_latencies(lat, options.batch, wall),
             )
         )
+        runner.close()
     return results
 
 
 def host() -> dict[str, object]:
-    return {"machine": platform.machine(), "processor": _cpu_name(), "cores": default_threads()}
+    return {"machine": platform.machine(), "processor": _cpu_name(), "cores": os.cpu_count() or 1}
 
 
 def _cpu_name() -> str:

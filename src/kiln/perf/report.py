@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from kiln.errors import MissingDependencyError
@@ -47,10 +48,20 @@ def print_results(results: Sequence[BenchResult], console: Console | None = None
             cells.append(f"{values[1] / values[0]:.2f}x" if values[0] else "-")
         table.add_row(label, *cells)
     console.print(table)
-    console.print(
-        "backend: " + ", ".join(f"{r.backend} ({r.threads} threads)" for r in results),
-        style="dim",
+    for i, r in enumerate(results):
+        key = "AB"[i] if len(results) == 2 else str(i + 1)
+        console.print(f"{key}: {escape(settings_text(r))}", style="dim", soft_wrap=True)
+
+
+def settings_text(result: BenchResult) -> str:
+    """``onnxruntime 1.22.0: intra_op_threads 4, inter_op_threads 1, ...``: the configuration measured."""
+    runtime = result.settings.get("runtime") or result.backend
+    rest = ", ".join(
+        f"{k} {'+'.join(map(str, v)) if isinstance(v, (list, tuple)) else v}"
+        for k, v in result.settings.items()
+        if k != "runtime"
     )
+    return f"{runtime}: {rest}" if rest else str(runtime)
 
 
 def results_json(results: Sequence[BenchResult], with_latencies: bool = False) -> dict[str, object]:

@@ -1,209 +1,178 @@
-"""Load an artifact (an .onnx file, an OpenVINO .xml, or a repository model folder) into something that runs
-input dicts: the same runtimes, with the same thread settings, that ``kiln serve`` uses."""
+"""Run a model on input dicts through the serving backends: ``kiln bench`` and ``kiln build`` load artifacts
+with the same backend classes, config parameters and thread defaults as ``kiln serve``.
+
+A :class:`Runner` is a thin adapter over one loaded :class:`~kiln.backends.Backend` instance (one model
+instance, as the server's first instance of that model). Its inputs and outputs come from the backend's
+signature; ``settings()`` is the runtime configuration in force (threads, providers, optimisation level).
+"""
 
 from __future__ import annotations
 
-import os
-import threading
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
 
 import numpy as np
-import onnxruntime as ort
 
-from kiln.errors import InvalidArgumentError, MissingDependencyError, UnavailableError
+from kiln.backends import Backend, backend_class, backend_name
+from kiln.config import ModelIO
+from kiln.config.schema import model_config_pb2
+from kiln.errors import InvalidArgumentError
 from kiln.perf.inputs import InputSpec
 
-_ORT_TYPES = {
-    "tensor(float)": np.float32,
-    "tensor(float16)": np.float16,
-    "tensor(double)": np.float64,
-    "tensor(int8)": np.int8,
-    "tensor(uint8)": np.uint8,
-    "tensor(int16)": np.int16,
-    "tensor(int32)": np.int32,
-    "tensor(int64)": np.int64,
-    "tensor(bool)": np.bool_,
-}
+_BY_SUFFIX = {".onnx": "onnxruntime", ".xml": "openvino"}
+# the settings() key each backend reports its intra-op (CPU) thread count under
+_THREAD_KEYS = ("intra_op_threads", "INFERENCE_NUM_THREADS")
+_GROUP = model_config_pb2.ModelInstanceGroup
 
 
-class Runner(Protocol):
-    name: str
-    inputs: list[InputSpec]
-    outputs: list[InputSpec]
+@dataclass(frozen=True)
+class GpuOptions:
+    """Run on one GPU instance (``KIND_GPU``); ``tensorrt`` options (``trt_*``) go to the config's
+    ``gpu_execution_accelerator { name: "tensorrt" }`` section, as a served model's would."""
 
-    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...
-
-
-def default_threads() -> int:
-    return os.cpu_count() or 1
+    device_id: int = 0
+    tensorrt: Mapping[str, str] | None = None
 
 
-def gpu_providers(device_id: int = 0, trt_options: dict[str, str] | None = None) -> list[object]:
-    """CUDA (and TensorRT, when this onnxruntime build has it) providers; a clear error without a GPU."""
-    available = ort.get_available_providers()
-    if "CUDAExecutionProvider" not in available:
-        raise UnavailableError(
-            "GPU requested but this onnxruntime has no CUDAExecutionProvider (no GPU or CPU-only build: "
-            f"available providers are {', '.join(available)}); install onnxruntime-gpu on a machine with a GPU"
-        )
-    providers: list[object] = []
-    if "TensorrtExecutionProvider" in available:
-        providers.append(("TensorrtExecutionProvider", {"device_id": str(device_id), **(trt_options or {})}))
-    providers.append(("CUDAExecutionProvider", {"device_id": str(device_id)}))
-    providers.append("CPUExecutionProvider")
-    return providers
-
-
-class OrtRunner:
-    def __init__(
-        self,
-        model: Path | bytes,
-        threads: int | None = None,
-        name: str = "",
-        providers: list[object] | None = None,
-    ) -> None:
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads or default_threads()
-        opts.inter_op_num_threads = 1
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.log_severity_level = 3
-        source = str(model) if isinstance(model, Path) else model
-        try:
-            self.session = ort.InferenceSession(source, opts, providers=providers or ["CPUExecutionProvider"])
-        except Exception as e:
-            raise InvalidArgumentError(f"ONNX Runtime cannot load {name or 'the model'}: {e}") from None
-        self.name = name or (model.name if isinstance(model, Path) else "model.onnx")
-        self.inputs = [
-            InputSpec(
-                a.name, np.dtype(_ORT_TYPES[a.type]), tuple(d if isinstance(d, int) else -1 for d in a.shape)
-            )
-            for a in self.session.get_inputs()
-        ]
-        self.outputs = [
-            InputSpec(
-                a.name, np.dtype(_ORT_TYPES[a.type]), tuple(d if isinstance(d, int) else -1 for d in a.shape)
-            )
-            for a in self.session.get_outputs()
-        ]
-        self.output_names = [o.name for o in self.outputs]
-
-    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return dict(zip(self.output_names, self.session.run(self.output_names, dict(feeds)), strict=True))
-
-
-def import_openvino():  # type: ignore[no-untyped-def]
-    try:
-        import openvino
-    except ImportError:
-        raise MissingDependencyError("OpenVINO", "openvino") from None
-    return openvino
-
-
-def _ov_spec(port: Any) -> InputSpec:
-    from kiln.backends.openvino import OPENVINO_TYPES
-
-    name = port.get_element_type().get_type_name()
-    if name not in OPENVINO_TYPES:
-        raise InvalidArgumentError(
-            f"'{port.get_any_name()}' has OpenVINO type {name}, which Kiln does not handle"
-        )
-    shape = tuple(d.get_length() if d.is_static else -1 for d in port.get_partial_shape())
-    return InputSpec(port.get_any_name(), np.dtype(OPENVINO_TYPES[name]), shape)
-
-
-def openvino_compile_config(threads: int, inference_precision: str | None) -> dict[str, object]:
-    """CPU plugin settings. ``inference_precision`` "f32" keeps FP32 artifacts in FP32: on CPUs with native
-    BF16 the plugin otherwise computes in BF16 by default."""
-    config: dict[str, object] = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"}
-    if inference_precision:
-        config["INFERENCE_PRECISION_HINT"] = inference_precision
+def model_config(
+    backend: str,
+    name: str = "model",
+    threads: int | None = None,
+    parameters: Mapping[str, str] | None = None,
+    gpu: GpuOptions | None = None,
+) -> model_config_pb2.ModelConfig:
+    """A minimal config for an artifact outside a repository: backend, parameters, one instance group."""
+    config = model_config_pb2.ModelConfig(name=name, backend=backend)
+    for key, value in (parameters or {}).items():
+        config.parameters[key].string_value = value
+    if threads:
+        config.parameters["intra_op_thread_count"].string_value = str(threads)
+    if gpu is None:
+        config.instance_group.add(name=f"{name}_0", count=1, kind=_GROUP.KIND_CPU)
+        return config
+    config.instance_group.add(name=f"{name}_0", count=1, kind=_GROUP.KIND_GPU, gpus=[gpu.device_id])
+    if gpu.tensorrt is not None:
+        accel = config.optimization.execution_accelerators.gpu_execution_accelerator.add(name="tensorrt")
+        accel.parameters.update(dict(gpu.tensorrt))
     return config
 
 
-class OpenVinoRunner:
-    def __init__(
-        self,
-        model_path: Path,
-        threads: int | None = None,
-        cache_dir: Path | None = None,
-        name: str = "",
-        inference_precision: str | None = None,
-    ) -> None:
-        ov = import_openvino()
-        core = ov.Core()
-        if cache_dir is not None:
-            core.set_property({"CACHE_DIR": str(cache_dir)})
-        config = openvino_compile_config(threads or default_threads(), inference_precision)
-        try:
-            self.compiled = core.compile_model(str(model_path), "CPU", config)
-        except Exception as e:
-            raise InvalidArgumentError(f"OpenVINO cannot load {model_path}: {e}") from None
-        self.name = name or model_path.name
-        self.inputs = [_ov_spec(p) for p in self.compiled.inputs]
-        self.outputs = [_ov_spec(p) for p in self.compiled.outputs]
+class Runner:
+    """One loaded backend instance, run on input dicts (what bench, build and the accuracy gate call)."""
+
+    def __init__(self, backend: Backend, name: str) -> None:
+        self.backend = backend
+        self.name = name
+        signature = backend.signature()
+        if signature is None:
+            raise InvalidArgumentError(f"the '{backend.name}' backend cannot tell the inputs of {name}")
+        self.inputs = [_spec(io) for io in signature[0]]
+        self.outputs = [_spec(io) for io in signature[1]]
         self.output_names = [o.name for o in self.outputs]
-        self._request = self.compiled.create_infer_request()
-        self._lock = threading.Lock()
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        with self._lock:
-            result = self._request.infer(dict(feeds))
-            return {
-                name: np.array(result[out])
-                for name, out in zip(self.output_names, self.compiled.outputs, strict=False)
-            }
+        return self.backend.execute(feeds, self.output_names)
+
+    def settings(self) -> dict[str, object]:
+        return self.backend.settings()
+
+    @property
+    def threads(self) -> int | None:
+        """Intra-op threads in force, when the backend reports them."""
+        settings = self.settings()
+        value = next((settings[k] for k in _THREAD_KEYS if k in settings), None)
+        return int(value) if isinstance(value, int) else None
+
+    def close(self) -> None:
+        self.backend.unload()
+
+
+def open_model(
+    backend: str,
+    model: Path | bytes,
+    config: model_config_pb2.ModelConfig | None = None,
+    name: str = "",
+) -> Runner:
+    """Load ``model`` (a file, or ONNX bytes for the ONNX Runtime backend) with ``config`` (default: a minimal
+    one) as ``kiln serve`` loads a model's first instance: same backend class, same context and thread
+    defaults (cores / CPU instances of the config's instance groups)."""
+    from kiln.model.instances import instance_contexts
+
+    klass = backend_class(backend)
+    config = config if config is not None else model_config(backend)
+    if not config.instance_group:
+        config = _copy(config)
+        config.instance_group.add(name=f"{config.name}_0", count=1, kind=_GROUP.KIND_CPU)
+    context = instance_contexts(config, klass)[0]
+    path = model if isinstance(model, Path) else Path(klass.default_filename)  # only named in messages
+    instance = klass(config, path, context)
+    if isinstance(model, bytes):
+        if not hasattr(instance, "model_bytes"):
+            raise InvalidArgumentError(f"the '{backend}' backend cannot run a model held in memory")
+        instance.model_bytes = model  # type: ignore[attr-defined]
+    instance.load()
+    try:
+        return Runner(instance, name or (model.name if isinstance(model, Path) else klass.default_filename))
+    except BaseException:
+        instance.unload()
+        raise
 
 
 @dataclass(frozen=True)
 class Artifact:
     path: Path  # the model file
     backend: str  # "onnxruntime" or "openvino"
-    threads: int | None = None  # from config.pbtxt parameters, when a repository model
-    inference_precision: str | None = None  # OpenVINO: config.pbtxt parameter "inference_precision"
+    config: model_config_pb2.ModelConfig = field(compare=False)  # the repository config, else a minimal one
 
 
 def resolve(target: Path) -> Artifact:
-    """An .onnx / .xml file, a repository model folder (latest version) or a version folder."""
+    """An .onnx / .xml file, a repository model folder (the version ``kiln serve`` would load, the latest by
+    default) or a version folder. A repository model keeps its config.pbtxt, read as the server reads it."""
+    from kiln.repository import ModelRepository
+
     target = Path(target)
     if target.is_file():
-        if target.suffix == ".onnx":
-            return Artifact(target, "onnxruntime")
-        if target.suffix == ".xml":
-            return Artifact(target, "openvino")
-        raise InvalidArgumentError(f"{target}: expected an .onnx or OpenVINO .xml file, or a model folder")
+        backend = _BY_SUFFIX.get(target.suffix)
+        if backend is None:
+            raise InvalidArgumentError(
+                f"{target}: expected an .onnx or OpenVINO .xml file, or a model folder"
+            )
+        return Artifact(target, backend, model_config(backend, target.stem))
     if not target.is_dir():
         raise InvalidArgumentError(f"{target} does not exist")
-    threads = None
-    precision = None
-    model_dir = target
-    config = target / "config.pbtxt"
-    if not config.exists() and (target.parent / "config.pbtxt").exists():
-        model_dir, config = target.parent, target.parent / "config.pbtxt"
-    if config.exists():
-        from kiln.config import int_parameter, load_config, string_parameter
-
-        cfg = load_config(config)
-        threads = int_parameter(cfg, "intra_op_thread_count", 0) or None
-        precision = string_parameter(cfg, "inference_precision") or precision
-    version_dir = target
-    if model_dir == target:
-        versions = sorted(int(p.name) for p in target.iterdir() if p.is_dir() and p.name.isdigit())
+    model_dir, version_dir = target, None
+    if not (target / "config.pbtxt").exists() and (
+        (target.parent / "config.pbtxt").exists() or target.name.isdigit()
+    ):
+        model_dir, version_dir = target.parent, target
+    config = ModelRepository.read_config(model_dir.name, model_dir)
+    if version_dir is None:
+        versions = ModelRepository.versions(model_dir, config)
         if not versions:
             raise InvalidArgumentError(f"{target} has no numbered version folder")
-        version_dir = target / str(versions[-1])
-    for name, backend in (("model.onnx", "onnxruntime"), ("model.xml", "openvino")):
-        if (version_dir / name).is_file():
-            return Artifact(version_dir / name, backend, threads, precision)
-    raise InvalidArgumentError(f"{version_dir} holds neither model.onnx nor model.xml")
+        version_dir = model_dir / str(versions[-1])
+    backend = backend_name(config, model_dir)
+    path = version_dir / (config.default_model_filename or backend_class(backend).default_filename)
+    if not path.exists():
+        raise InvalidArgumentError(f"{version_dir} has no {path.name} (the '{backend}' backend's model file)")
+    return Artifact(path, backend, config)
 
 
 def open_runner(artifact: Artifact, threads: int | None = None, name: str = "") -> Runner:
-    threads = threads or artifact.threads
-    if artifact.backend == "openvino":
-        return OpenVinoRunner(
-            artifact.path, threads, name=name, inference_precision=artifact.inference_precision
-        )
-    return OrtRunner(artifact.path, threads, name=name)
+    """Load a resolved artifact; ``threads`` overrides the config's ``intra_op_thread_count``."""
+    config = artifact.config
+    if threads:
+        config = _copy(config)
+        config.parameters["intra_op_thread_count"].string_value = str(threads)
+    return open_model(artifact.backend, artifact.path, config, name or artifact.path.name)
+
+
+def _copy(config: model_config_pb2.ModelConfig) -> model_config_pb2.ModelConfig:
+    copy = model_config_pb2.ModelConfig()
+    copy.CopyFrom(config)
+    return copy
+
+
+def _spec(io: ModelIO) -> InputSpec:
+    return InputSpec(io.name, io.datatype.numpy, tuple(io.shape))
