@@ -15,7 +15,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -197,9 +197,14 @@ class ServerEndpoints:
 
 @contextlib.contextmanager
 def kiln_server(
-    repository: Path, log: Path, ready_timeout_s: float = 60.0, extra_args: Sequence[str] = ()
+    repository: Path,
+    log: Path,
+    ready_timeout_s: float = 60.0,
+    extra_args: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
 ) -> Iterator[ServerEndpoints]:
-    """Run `python -m kiln serve` on free ports until the block ends; the server is always stopped."""
+    """Run `python -m kiln serve` on free ports until the block ends; the server is always stopped.
+    `env` replaces the environment (e.g. PYTHONPATH pointing at another source tree)."""
     http_port, grpc_port, metrics_port = free_ports(3)
     endpoints = ServerEndpoints(http_port, grpc_port, metrics_port)
     command = [
@@ -212,7 +217,7 @@ def kiln_server(
     ]  # fmt: skip
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("wb") as log_file:
-        process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=log_file, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT)
         try:
             wait_ready(f"http://{endpoints.http_url}/v2/health/ready", process, log, ready_timeout_s)
             yield dataclasses.replace(endpoints, pid=process.pid)

@@ -36,7 +36,8 @@ input [{ name: "IN" data_type: TYPE_FP32 dims: [2] }]
 output [{ name: "OUT" data_type: TYPE_FP32 dims: [2] }, { name: "IDENTITY" data_type: TYPE_STRING dims: [1] }]""",
     "repeat": """backend: "repeat" max_batch_size: 0
 model_transaction_policy { decoupled: true }
-input [{ name: "N" data_type: TYPE_INT32 dims: [1] }, { name: "DELAY_MS" data_type: TYPE_FP32 dims: [1] optional: true }]
+input [{ name: "N" data_type: TYPE_INT32 dims: [1] },
+       { name: "DELAY_MS" data_type: TYPE_FP32 dims: [1] optional: true }]
 output [{ name: "OUT" data_type: TYPE_INT32 dims: [1] }]""",
     "caller": """backend: "caller" max_batch_size: 0
 parameters { key: "callee" value: { string_value: "add_one" } }

@@ -12,7 +12,6 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from kiln.errors import InternalError, KilnError
 from kiln.scheduling.work import Batch, Work
 
 Clock = Callable[[], int]
@@ -118,9 +117,10 @@ class Scheduler(ABC):
             _, infer_ns = await self._run(self.target.execute_requests, works, instance)
         except Exception as e:
             infer_ns = time.perf_counter_ns() - t0
-            error = e if isinstance(e, KilnError) else InternalError(str(e) or type(e).__name__)
+            # a KilnError is the backend's message for the client; anything else is a bug, which the transport
+            # logs and answers as INTERNAL without leaking its text
             for work in works:
-                work.sender.fail_if_open(error)
+                work.sender.fail_if_open(e)
         self.on_execution(Batch(size, 0, 0, infer_ns, 0))
         for work, waited in zip(works, queue_ns, strict=True):
             work.timing = Batch(size, waited, 0, infer_ns, 0)

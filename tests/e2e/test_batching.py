@@ -16,7 +16,7 @@ import tritonclient.grpc.aio as grpcaio
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from servers import KilnProcess
+from servers import KilnProcess, wait_until
 
 
 def inputs(mod: Any, value: float) -> list[Any]:
@@ -39,14 +39,6 @@ def metric(server: KilnProcess, name: str, model: str, reason: str | None = None
             ):
                 return float(line.split()[-1])
     raise AssertionError(f"{name} for {model} not found")
-
-
-def wait_for(condition: Any, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not met")
-        time.sleep(0.01)
 
 
 def test_concurrent_requests_form_batches(server: KilnProcess) -> None:
@@ -75,7 +67,10 @@ def test_full_queue_rejects_at_once(server: KilnProcess, transport: str) -> None
               else mod.InferenceServerClient(server.grpc_url))  # fmt: skip
     first = threading.Thread(target=lambda: client.infer("queue_of_one", inputs(mod, 1)))
     first.start()
-    wait_for(lambda: metric(server, "nv_inference_pending_request_count", "queue_of_one") == 1)
+    wait_until(
+        lambda: metric(server, "nv_inference_pending_request_count", "queue_of_one") == 1,
+        what="the first request waits in the queue",
+    )
     started = time.monotonic()
     with pytest.raises(InferenceServerException) as err:
         mod.InferenceServerClient(server.http_url if transport == "http" else server.grpc_url).infer(
@@ -83,7 +78,7 @@ def test_full_queue_rejects_at_once(server: KilnProcess, transport: str) -> None
         )
     assert time.monotonic() - started < 1.0, "a full queue must answer at once"
     assert "queue" in str(err.value) and "full" in str(err.value)
-    assert ("503" in str(err.value)) if transport == "http" else ("UNAVAILABLE" in str(err.value))
+    assert err.value.status() == ("503" if transport == "http" else "StatusCode.UNAVAILABLE")
     first.join(10)
 
 
@@ -108,38 +103,44 @@ def test_priorities(server: KilnProcess) -> None:
 
 @pytest.mark.parametrize("transport", ["http", "grpc"])
 def test_client_that_gives_up_leaves_the_queue(server: KilnProcess, transport: str) -> None:
-    before = stats(server, "slow_queue")["execution_count"]
+    before = stats(server, "slow_queue")
     if transport == "grpc":
-        with pytest.raises(InferenceServerException, match="Deadline"):
+        with pytest.raises(InferenceServerException, match="Deadline") as err:
             grpcclient.InferenceServerClient(server.grpc_url).infer(
                 "slow_queue", inputs(grpcclient, 1), client_timeout=0.2
             )
+        assert err.value.status() == "StatusCode.DEADLINE_EXCEEDED"
     else:
         client = httpclient.InferenceServerClient(
             server.http_url, network_timeout=0.2, connection_timeout=0.2
         )
-        with pytest.raises(Exception):  # noqa: B017 - the client's own timeout error type varies
+        with pytest.raises(TimeoutError):  # the client's socket times out and it hangs up
             client.infer("slow_queue", inputs(httpclient, 1))
         client.close()
-    wait_for(lambda: metric(server, "nv_inference_pending_request_count", "slow_queue") == 0, timeout=1.0)
-    time.sleep(1.6)  # past the queue delay: a request still queued would have run by now
-    assert stats(server, "slow_queue")["execution_count"] == before
+    wait_until(
+        lambda: metric(server, "nv_inference_pending_request_count", "slow_queue") == 0,
+        timeout=1.0,
+        what="the abandoned request leaves the queue",
+    )
+    # one more request: one instance runs the queue in order, so a request still queued would have run with
+    # this one (two inferences) or before it (two executions) by the time this one is answered
+    out = httpclient.InferenceServerClient(server.http_url).infer("slow_queue", inputs(httpclient, 2))
+    assert out.as_numpy("OUTPUT0")[0, 0] == 4
+    after = stats(server, "slow_queue")
+    assert after["execution_count"] - before["execution_count"] == 1
+    assert after["inference_count"] - before["inference_count"] == 1
     assert metric(server, "nv_inference_request_failure", "slow_queue", reason="CANCELED") >= 1
 
 
-def test_instances_run_concurrently(server: KilnProcess) -> None:
-    config = httpclient.InferenceServerClient(server.http_url).get_model_config("two_instances")
-    assert config["instance_group"][0]["count"] == 2
-
-    async def burst() -> None:
-        client = grpcaio.InferenceServerClient(server.grpc_url)
-        try:
-            await asyncio.gather(*[client.infer("two_instances", inputs(grpcclient, v)) for v in range(8)])
-        finally:
-            await client.close()
-
-    asyncio.run(burst())
-    assert stats(server, "two_instances")["execution_count"] >= 8  # no dynamic batching: one per request
+def test_a_model_with_two_instances_is_served_with_its_instance_group(server: KilnProcess) -> None:
+    """The served config keeps both instances of the group. That they execute at the same time is proven in
+    e2e/test_contract.py (test_instances_of_one_model_execute_at_the_same_time, with a barrier)."""
+    http = httpclient.InferenceServerClient(server.http_url)
+    groups = http.get_model_config("two_instances")["instance_group"]
+    assert [(g["count"], g["kind"]) for g in groups] == [(2, "KIND_CPU")]
+    grpc_groups = grpcclient.InferenceServerClient(server.grpc_url).get_model_config("two_instances")
+    assert [g.count for g in grpc_groups.config.instance_group] == [2]
+    assert http.infer("two_instances", inputs(httpclient, 1)).as_numpy("OUTPUT0")[0, 0] == 2
 
 
 def test_kind_gpu_without_a_gpu_is_a_clear_load_error(server: KilnProcess) -> None:
@@ -163,7 +164,10 @@ def test_sigterm_drains_in_flight_requests(test_repo: Path, tmp_path: Path) -> N
 
     thread = threading.Thread(target=call)
     thread.start()
-    wait_for(lambda: metric(server, "nv_inference_pending_request_count", "slow_queue") == 1)
+    wait_until(
+        lambda: metric(server, "nv_inference_pending_request_count", "slow_queue") == 1,
+        what="the request waits in the queue",
+    )
     assert server.stop() == 0
     thread.join(10)
     assert result == {"value": 8.0}, result

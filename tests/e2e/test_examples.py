@@ -22,11 +22,12 @@ if not zoo.classifier_available() or importlib.util.find_spec("skimage") is None
         allow_module_level=True,
     )
 
+from images import png_header_only
 from kiln.vision import load_image, sample
 from kiln.vision.remote import Remote
 from servers import KilnProcess, free_port
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 TABBY, TIGER_CAT, EGYPTIAN_CAT, ESPRESSO = 281, 282, 285, 967
 
 
@@ -126,8 +127,6 @@ def test_bad_images_get_clear_errors(
 ) -> None:
     path = tmp_path / "bad.png"
     if content is None:  # a valid PNG header claiming 30000x30000 (900 megapixels)
-        from test_vision import png_header_only
-
         content = png_header_only(30_000, 30_000)
     path.write_bytes(content)
     for task in ("classification", "detection", "segmentation"):

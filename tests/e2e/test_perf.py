@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from build_models import mlp, save, transformer_block, write_samples
 from kiln.builder import BuildOptions, CalibrationOptions, Precision, build
 from kiln.cli.main import main
 from kiln.errors import InvalidArgumentError
@@ -19,7 +20,6 @@ from kiln.examples import models, write_model
 from kiln.perf import BenchOptions, LatencyStats, bench
 from kiln.perf.report import print_results, results_json, write_histogram, write_json
 from servers import KilnProcess
-from test_build_models import mlp, save, transformer_block, write_samples
 
 
 @pytest.fixture(scope="module")

@@ -11,13 +11,13 @@ import pytest
 pytest.importorskip("openvino")
 pytest.importorskip("nncf")
 
+from build_models import conv_net, save, write_samples
 from kiln.backends.base import BackendContext
 from kiln.backends.openvino import OpenVinoBackend
 from kiln.builder import BuildOptions, CalibrationMethod, CalibrationOptions, Precision, Target, build
 from kiln.config import load_config
 from kiln.errors import InvalidArgumentError
 from kiln.perf import BenchOptions, bench
-from test_build_models import conv_net, save, write_samples
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
+from build_models import conv_net, mlp, save, transformer_block, write_samples
 from kiln.builder import (
     AccuracyGateError,
     BuildOptions,
@@ -23,7 +24,6 @@ from kiln.builder import (
 )
 from kiln.config import load_config
 from kiln.errors import InvalidArgumentError, KilnError
-from test_build_models import conv_net, mlp, save, transformer_block, write_samples
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from build_models import conv_net, save, write_samples
 from kiln.cli.main import main
-from test_build_models import conv_net, save, write_samples
 
 # Runs Python with torch, openvino, nncf and matplotlib made unimportable, as on a machine without the extras.
 _BLOCK = """

@@ -12,9 +12,9 @@ import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
+from build_models import conv_net, save, write_samples
 from kiln.builder import BuildOptions, CalibrationOptions, Precision, Target, build
 from servers import KilnProcess
-from test_build_models import conv_net, save, write_samples
 
 HAS_OPENVINO = (
     importlib.util.find_spec("openvino") is not None and importlib.util.find_spec("nncf") is not None
