@@ -292,18 +292,24 @@ class CoreCaller:
                 future.cancel()
 
 
-@dataclass(eq=False)
 class _Admitted:
     """A checked request on its way through one model version."""
 
-    status: VersionStatus
-    model: Model
-    stats: ModelStats
-    scheduler: Scheduler
-    work: Work
-    prepared: PreparedRequest
-    start_ns: int
-    prepared_ns: int  # when the request checks were done
+    __slots__ = ("model", "prepared", "prepared_ns", "scheduler", "start_ns", "stats", "status", "work")
+
+    def __init__(
+        self,
+        status: VersionStatus,
+        model: Model,
+        stats: ModelStats,
+        scheduler: Scheduler,
+        work: Work,
+        prepared: PreparedRequest,
+        start_ns: int,
+        prepared_ns: int,  # when the request checks were done
+    ) -> None:
+        self.status, self.model, self.stats, self.scheduler = status, model, stats, scheduler
+        self.work, self.prepared, self.start_ns, self.prepared_ns = work, prepared, start_ns, prepared_ns
 
     def record_failure(self, error: BaseException, cancel: bool = False) -> None:
         if cancel:
@@ -341,7 +347,7 @@ RESERVED_PARAMETERS = ("sequence_id", "sequence_start", "sequence_end", "priorit
 def bind_reserved_parameters(request: InferRequest) -> None:
     """Move the protocol's reserved request parameters into the request's typed fields (checked)."""
     params = request.parameters
-    if not any(key in params for key in RESERVED_PARAMETERS):
+    if not params or not any(key in params for key in RESERVED_PARAMETERS):
         return
     if "sequence_id" in params:
         value = params.pop("sequence_id")

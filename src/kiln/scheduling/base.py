@@ -86,6 +86,9 @@ class Scheduler(ABC):
             await self._execute_requests(works, instance, queue_ns)
 
     async def _execute_merged(self, works: list[Work], instance: int, queue_ns: Sequence[int]) -> None:
+        if len(works) == 1:
+            await self._execute_one(works[0], instance, queue_ns[0])
+            return
         t0 = time.perf_counter_ns()
         size = sum(w.batch_size for w in works)
         try:
@@ -102,12 +105,24 @@ class Scheduler(ABC):
                 return
             # errors are per request: run each alone, so only the request that fails is failed
             for work, waited in zip(works, queue_ns, strict=True):
-                await self._execute_merged([work], instance, [waited])
+                await self._execute_one(work, instance, waited)
             return
         self.on_execution(Batch(size, 0, t1 - t0, infer_ns, output_ns))
         for work, part, waited in zip(works, parts, queue_ns, strict=True):
             work.timing = Batch(size, waited, t1 - t0, infer_ns, output_ns)
             work.sender.send({name: part[name] for name in work.outputs}, final=True)
+
+    async def _execute_one(self, work: Work, instance: int, queue_ns: int) -> None:
+        """The common case of a batch of one: no merge, no split."""
+        try:
+            results, infer_ns = await self._run(self.target.execute, work.feeds, work.outputs, instance)
+        except Exception as e:
+            work.sender.fail(e)
+            return
+        timing = Batch(work.batch_size, queue_ns, 0, infer_ns, 0)
+        self.on_execution(timing)
+        work.timing = timing
+        work.sender.send(results, final=True)
 
     async def _execute_requests(self, works: list[Work], instance: int, queue_ns: Sequence[int]) -> None:
         size = sum(w.batch_size for w in works)

@@ -19,6 +19,10 @@ class DirectScheduler(Scheduler):
         enqueued = time.perf_counter_ns()
         instance = await self.free.get()
         try:
-            await self.execute([work], instance, [time.perf_counter_ns() - enqueued])
+            waited = time.perf_counter_ns() - enqueued
+            if self.target.batched:
+                await self._execute_one(work, instance, waited)
+            else:
+                await self._execute_requests([work], instance, [waited])
         finally:
             self.free.put_nowait(instance)

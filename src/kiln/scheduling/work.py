@@ -11,13 +11,17 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from kiln.errors import InternalError, KilnError
 from kiln.types import InferRequest
+
+_NO_PARAMETERS: Mapping[str, Any] = MappingProxyType({})
+_CLOSED = "unable to send response: the response sender is closed (the final response was sent)"
 
 
 @dataclass
@@ -31,14 +35,13 @@ class Batch:
     output_ns: int = 0  # splitting outputs
 
 
-@dataclass(frozen=True)
-class Reply:
+class Reply(NamedTuple):
     """One response as a backend produced it (outputs by name), or its error; ``final`` closes the request."""
 
     outputs: Mapping[str, np.ndarray] | None = None
     error: BaseException | None = None
     final: bool = True
-    parameters: Mapping[str, Any] = field(default_factory=dict)
+    parameters: Mapping[str, Any] = _NO_PARAMETERS
 
 
 class ResponseSender:
@@ -48,16 +51,16 @@ class ResponseSender:
     (:meth:`next`), the last one carries ``final``; a final flag alone (no outputs) is allowed.
     """
 
-    __slots__ = ("_future", "_lock", "_loop", "_queue", "closed", "decoupled", "first_reply_ns", "replies")
+    __slots__ = ("_future", "_lock", "_loop", "_queue", "_reply", "closed", "decoupled", "replies")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, decoupled: bool = False) -> None:
         self._loop = loop
         self.decoupled = decoupled
         self.closed = False
         self.replies = 0
-        self.first_reply_ns = 0
         self._lock = threading.Lock()
-        self._future: asyncio.Future[Reply] | None = None if decoupled else loop.create_future()
+        self._reply: Reply | None = None  # non-decoupled: the answer, once given
+        self._future: asyncio.Future[Reply] | None = None  # non-decoupled: made only when the core must wait
         self._queue: asyncio.Queue[Reply] | None = asyncio.Queue() if decoupled else None
 
     # -- the backend's side (any thread) -------------------------------------------------------------------
@@ -69,13 +72,25 @@ class ResponseSender:
         parameters: Mapping[str, Any] | None = None,
     ) -> None:
         """Send one response (``outputs``), or only the final flag (``outputs`` None, ``final`` True)."""
+        if self._queue is None and outputs is not None and _running_loop() is self._loop:
+            # the hot path: a merged-batch runtime answering on the loop; exactly one reply
+            with self._lock:
+                if self.closed:
+                    raise InternalError(_CLOSED)
+                self.closed = True
+                self.replies += 1
+            reply = Reply(outputs, None, True, parameters or _NO_PARAMETERS)
+            self._reply = reply
+            if self._future is not None and not self._future.done():
+                self._future.set_result(reply)
+            return
         if outputs is None and not final:
             raise InternalError("a response needs outputs, or the final flag")
         if not self.decoupled:
             if outputs is None:
                 raise InternalError("a non-decoupled model must send exactly one response; it sent none")
             final = True
-        self._deliver(Reply(outputs, None, final, parameters or {}))
+        self._deliver(Reply(outputs, None, final, parameters or _NO_PARAMETERS))
 
     def fail(self, error: BaseException, final: bool = True) -> None:
         """Answer with an error (a non-decoupled request ends with it; a decoupled one ends if ``final``)."""
@@ -94,12 +109,10 @@ class ResponseSender:
     def _deliver(self, reply: Reply) -> None:
         with self._lock:
             if self.closed:
-                raise InternalError(
-                    "unable to send response: the response sender is closed (the final response was sent)"
-                )
+                raise InternalError(_CLOSED)
             self.replies += 1
             self.closed = reply.final
-        if _on_loop(self._loop):
+        if _running_loop() is self._loop:
             self._put(reply)
         else:
             self._loop.call_soon_threadsafe(self._put, reply)
@@ -107,13 +120,19 @@ class ResponseSender:
     def _put(self, reply: Reply) -> None:
         if self._queue is not None:
             self._queue.put_nowait(reply)
-        elif self._future is not None and not self._future.done():
+            return
+        self._reply = reply
+        if self._future is not None and not self._future.done():
             self._future.set_result(reply)
 
     # -- the core's side (the event loop) ------------------------------------------------------------------
     async def result(self) -> Reply:
         """The one reply of a non-decoupled request."""
-        assert self._future is not None, "result() is for non-decoupled requests; use next()"
+        assert self._queue is None, "result() is for non-decoupled requests; use next()"
+        if self._reply is not None:
+            return self._reply
+        if self._future is None:
+            self._future = self._loop.create_future()
         return await self._future
 
     async def next(self) -> Reply:
@@ -122,11 +141,7 @@ class ResponseSender:
         return await self._queue.get()
 
 
-def _on_loop(loop: asyncio.AbstractEventLoop) -> bool:
-    try:
-        return asyncio.get_running_loop() is loop
-    except RuntimeError:
-        return False
+_running_loop = asyncio._get_running_loop  # None off the loop; the public call raises instead (slower)
 
 
 @dataclass(eq=False)

@@ -20,32 +20,41 @@ CorrelationId = int | str
 
 
 class Cancellation:
-    """A request's cancellation signal, safe to read from any thread (a backend polls :meth:`is_cancelled`)."""
+    """A request's cancellation signal, safe to read from any thread (a backend polls :meth:`is_cancelled`).
+    Cheap to create: the lock and the callback list exist only once a callback is registered."""
 
     __slots__ = ("_callbacks", "_lock", "cancelled")
 
     def __init__(self) -> None:
         self.cancelled = False
-        self._callbacks: list[Callable[[], None]] = []
-        self._lock = threading.Lock()
+        self._callbacks: list[Callable[[], None]] | None = None
+        self._lock: threading.Lock | None = None
 
     def is_cancelled(self) -> bool:
         return self.cancelled
 
     def cancel(self) -> None:
-        with self._lock:
+        if self.cancelled:
+            return
+        lock = self._lock
+        if lock is None:
+            self.cancelled = True
+            return
+        with lock:
             if self.cancelled:
                 return
             self.cancelled = True
-            callbacks, self._callbacks = self._callbacks, []
+            callbacks, self._callbacks = self._callbacks or [], None
         for callback in callbacks:
             callback()
 
     def on_cancel(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` once when cancelled (at once if already cancelled)."""
+        if self._lock is None:
+            self._lock = threading.Lock()
         with self._lock:
             if not self.cancelled:
-                self._callbacks.append(callback)
+                self._callbacks = [*(self._callbacks or []), callback]
                 return
         callback()
 
