@@ -348,11 +348,15 @@ class ModelManager:
         if entry is None:
             raise NotFoundError(f"Request for unknown model: '{name}' is not found")
         if not version:
+            latest = entry.latest
+            if latest is not None and latest.state is ModelState.READY:
+                return latest  # the common case: the cached serving version is still ready
             ready = [v for v in entry.versions.values() if v.state is ModelState.READY]
             if not ready:
                 why = f": {entry.reason}" if entry.reason else ""
                 raise UnavailableError(f"model '{name}' is not ready{why}")
-            return max(ready, key=lambda v: v.version)
+            entry.latest = max(ready, key=lambda v: v.version)
+            return entry.latest
         try:
             number = int(version)
         except ValueError:

@@ -56,6 +56,9 @@ class ModelEntry:
     reason: str = ""  # model-level: config that does not parse, last failed reload, "unloaded", ...
     fingerprint: str = ""  # of the model directory, for polling
     workdir: tempfile.TemporaryDirectory[str] | None = None  # files sent with a load request
+    # the version requests without a version go to, cached by resolve(); an entry's versions only ever leave
+    # READY once it is visible (a reload builds a new entry), so a cached READY one is still the latest
+    latest: VersionStatus | None = None
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,12 @@ class TensorSpec:
     optional: bool = False
     labels: tuple[str, ...] = ()
 
+    def accepts(self, shape: tuple[int, ...]) -> bool:
+        """Whether a request's (non-batch) shape fits the config dims (-1 = any size)."""
+        return len(shape) == len(self.dims) and all(
+            d == -1 or d == s for d, s in zip(self.dims, shape, strict=True)
+        )
+
 
 @dataclass
 class PreparedRequest:
@@ -66,6 +72,7 @@ class Model:
         self.max_batch_size = config.max_batch_size
         self.inputs = {e.name: _spec(e) for e in config.input}
         self.outputs = {e.name: _spec(e, labels.get(e.name, ())) for e in config.output}
+        self._all_outputs = tuple(RequestedOutput(name) for name in self.outputs)  # shared, never mutated
 
     @classmethod
     def load(
@@ -158,9 +165,7 @@ class Model:
             else:
                 item_shape = shape
                 batch_size = 1
-            if len(item_shape) != len(spec.dims) or any(
-                d != -1 and d != s for d, s in zip(spec.dims, item_shape, strict=True)
-            ):
+            if item_shape != spec.dims and not spec.accepts(item_shape):
                 batch_note = "[batch] + " if self.max_batch_size > 0 else ""
                 raise InvalidArgumentError(
                     f"input '{tensor.name}' has shape {list(shape)}; model '{self.name}' expects "
@@ -187,7 +192,7 @@ class Model:
 
     def _requested_outputs(self, request: InferRequest) -> list[RequestedOutput]:
         if request.outputs is None:
-            return [RequestedOutput(name) for name in self.outputs]
+            return list(self._all_outputs)
         seen: set[str] = set()
         for out in request.outputs:
             spec = self.outputs.get(out.name)
