@@ -19,6 +19,7 @@ from kiln.config.schema import model_config_pb2
 from kiln.errors import (
     InternalError,
     InvalidArgumentError,
+    KilnError,
     NotFoundError,
     UnavailableError,
     UnimplementedError,
@@ -265,6 +266,23 @@ class CoreCaller:
     def infer_sync(self, request: InferRequest) -> InferResponse:
         loop = self._loop_for_sync()
         return asyncio.run_coroutine_threadsafe(self.core.infer(request), loop).result()
+
+    # the repository API for models (pb_utils.load_model / unload_model / is_model_ready), from worker threads
+    def load_sync(self, name: str, parameters: Mapping[str, object]) -> None:
+        asyncio.run_coroutine_threadsafe(
+            self.core.load_model(name, parameters), self._loop_for_sync()
+        ).result()
+
+    def unload_sync(self, name: str, parameters: Mapping[str, object]) -> None:
+        asyncio.run_coroutine_threadsafe(
+            self.core.unload_model(name, parameters), self._loop_for_sync()
+        ).result()
+
+    def ready_sync(self, name: str, version: str = "") -> bool:
+        try:
+            return self.core.model_ready(name, version)
+        except KilnError:
+            return False
 
     def stream_sync(self, request: InferRequest) -> Iterator[InferResponse]:
         """Responses as they come, to a worker thread (a thread-safe queue between the loop and the caller)."""

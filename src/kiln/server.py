@@ -25,6 +25,7 @@ from kiln.http.app import HttpOptions, create_app
 from kiln.lifecycle import ControlMode, LifecycleOptions
 from kiln.repository import ModelRepository
 from kiln.restricted import Restrictions
+from kiln.stats.custom import CustomMetrics
 from kiln.stats.latency import LatencyOptions
 from kiln.stats.prometheus import build_registry
 
@@ -80,6 +81,7 @@ async def serve(options: ServerOptions, stop: asyncio.Event | None = None) -> No
     for spec in options.backends:
         register_backend_flag(spec)
     repository = ModelRepository(options.model_repositories)
+    custom_metrics = CustomMetrics()  # families models register (pb_utils.MetricFamily), exported on /metrics
     core = Core(
         repository,
         CoreOptions(
@@ -92,6 +94,7 @@ async def serve(options: ServerOptions, stop: asyncio.Event | None = None) -> No
                 default_max_batch_size=options.default_max_batch_size,
                 latency=latency,
                 max_upload_bytes=options.model_upload_max_bytes,
+                custom_metrics=custom_metrics,
             ),
         ),
     )
@@ -165,7 +168,7 @@ async def _run_servers(
         if options.allow_metrics:
             metrics_server = _Uvicorn(
                 uvicorn.Config(
-                    make_asgi_app(build_registry(core.all_stats)),
+                    make_asgi_app(build_registry(core.all_stats, core.options.lifecycle.custom_metrics)),
                     lifespan="off",
                     access_log=False,
                     log_level="warning",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import queue
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -104,8 +105,61 @@ class TritonPythonModel:
         raise ValueError("something went wrong inside")
 """
 
+AUTO = """
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    @staticmethod
+    def auto_complete_config(auto_complete_model_config):
+        for name in ("INPUT0", "INPUT1"):
+            auto_complete_model_config.add_input({"name": name, "data_type": "TYPE_FP32", "dims": [4]})
+        auto_complete_model_config.add_output({"name": "OUTPUT0", "data_type": "TYPE_FP32", "dims": [4]})
+        auto_complete_model_config.set_max_batch_size(4)
+        auto_complete_model_config.set_dynamic_batching()
+        return auto_complete_model_config
+
+    def execute(self, requests):
+        out = []
+        for request in requests:
+            a = pb_utils.get_input_tensor_by_name(request, "INPUT0").as_numpy()
+            b = pb_utils.get_input_tensor_by_name(request, "INPUT1").as_numpy()
+            out.append(pb_utils.InferenceResponse([pb_utils.Tensor("OUTPUT0", a * b)]))
+        return out
+"""
+
+METRICS = """
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        requests = pb_utils.MetricFamily("kiln_test_requests", "requests seen", pb_utils.MetricFamily.COUNTER)
+        sizes = pb_utils.MetricFamily("kiln_test_sizes", "input sizes", pb_utils.MetricFamily.HISTOGRAM)
+        self.count = requests.Metric(labels={"kind": "all"})
+        self.sizes = sizes.Metric(labels={"kind": "all"}, buckets=[1.0, 10.0])
+
+    def execute(self, requests):
+        out = []
+        for request in requests:
+            x = pb_utils.get_input_tensor_by_name(request, "IN").as_numpy()
+            self.count.increment(1)
+            self.sizes.observe(float(x.size))
+            ready = pb_utils.is_model_ready("add_sub_onnx")
+            try:
+                pb_utils.load_model("add_sub_onnx")
+                loaded = "loaded"
+            except pb_utils.TritonModelException as e:
+                loaded = str(e)
+            note = np.array([f"{ready}|{loaded}".encode()], dtype=np.object_)
+            out.append(pb_utils.InferenceResponse([pb_utils.Tensor("OUT", x), pb_utils.Tensor("NOTE", note)]))
+        return out
+"""
+
 IO = 'input [{ name: "INPUT0" data_type: TYPE_FP32 dims: [4] }, { name: "INPUT1" data_type: TYPE_FP32 dims: [4] }]'
-CONFIGS = {
+CONFIGS: dict[str, tuple[str, str | None]] = {
     "add_sub_py": (
         ADD_SUB,
         f"""backend: "python" max_batch_size: 8 dynamic_batching {{ }}
@@ -126,6 +180,18 @@ model_transaction_policy { decoupled: true }
 input [{ name: "N" data_type: TYPE_INT32 dims: [1] }]
 output [{ name: "OUT" data_type: TYPE_INT32 dims: [1] }]""",
     ),
+    "auto_py": (AUTO, None),
+    "auto_conflict_py": (
+        AUTO,
+        """max_batch_size: 4
+input [{ name: "INPUT0" data_type: TYPE_INT32 dims: [4] }]""",
+    ),
+    "metrics_py": (
+        METRICS,
+        """backend: "python" max_batch_size: 0
+input [{ name: "IN" data_type: TYPE_FP32 dims: [-1] }]
+output [{ name: "OUT" data_type: TYPE_FP32 dims: [-1] }, { name: "NOTE" data_type: TYPE_STRING dims: [1] }]""",
+    ),
     "broken_py": (
         BROKEN,
         f"""backend: "python" max_batch_size: 0
@@ -141,7 +207,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KilnProcess]:
     for name, (code, config) in CONFIGS.items():
         (repo / name / "1").mkdir(parents=True)
         (repo / name / "1" / "model.py").write_text(code)
-        (repo / name / "config.pbtxt").write_text(config + "\n")
+        if config is not None:  # auto_py has none: its model.py completes the config
+            (repo / name / "config.pbtxt").write_text(config + "\n")
     write_model(
         repo, "add_sub_onnx", models.add_sub([1, 4]), 'platform: "onnxruntime_onnx"\nmax_batch_size: 0\n'
     )
@@ -220,3 +287,71 @@ def test_exceptions_and_wrong_response_counts_are_clear_errors(server: KilnProce
     with pytest.raises(InferenceServerException, match="expected 1 responses, got 0"):
         client.infer("broken_py", _inputs(httpclient, a, a), request_id="count")
     assert client.is_server_live()
+
+
+def test_auto_complete_config_fills_a_missing_config(server: KilnProcess) -> None:
+    client = httpclient.InferenceServerClient(server.http_url)
+    config = client.get_model_config("auto_py")
+    assert config["backend"] == "python" and config["max_batch_size"] == 4 and "dynamic_batching" in config
+    assert [i["name"] for i in config["input"]] == ["INPUT0", "INPUT1"]
+    a = np.full((2, 4), 3, np.float32)
+    np.testing.assert_array_equal(
+        client.infer("auto_py", _inputs(httpclient, a, a)).as_numpy("OUTPUT0"), a * a
+    )
+
+
+def test_auto_complete_conflicts_fail_the_load_with_triton_s_message(server: KilnProcess) -> None:
+    index = {
+        m["name"]: m for m in httpclient.InferenceServerClient(server.http_url).get_model_repository_index()
+    }
+    assert index["auto_conflict_py"]["state"] == "UNAVAILABLE"
+    assert (
+        "configuration expects datatype TYPE_INT32 for input 'INPUT0', model provides TYPE_FP32"
+        in (index["auto_conflict_py"]["reason"])
+    )
+    assert index["auto_py"]["state"] == "READY"  # the other models keep serving
+
+
+def test_custom_metrics_are_exported_with_model_labels(server: KilnProcess) -> None:
+    from urllib.request import urlopen
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    client = httpclient.InferenceServerClient(server.http_url)
+    x = httpclient.InferInput("IN", [3], "FP32")
+    x.set_data_from_numpy(np.ones(3, np.float32))
+    for _ in range(2):
+        note = client.infer("metrics_py", [x]).as_numpy("NOTE")[0].decode()
+    # the repository API from a model: readiness, and load refused outside explicit mode
+    assert note.startswith("True|") and "not allowed" in note
+    with urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=5) as r:
+        families = {f.name: f for f in text_string_to_metric_families(r.read().decode())}
+    counter = families["kiln_test_requests"]
+    assert counter.type == "counter"
+    (sample,) = [s for s in counter.samples if s.name == "kiln_test_requests_total"]
+    assert sample.labels == {"kind": "all", "model": "metrics_py", "version": "1"} and sample.value == 2
+    hist = families["kiln_test_sizes"]
+    buckets = {s.labels["le"]: s.value for s in hist.samples if s.name.endswith("_bucket")}
+    assert hist.type == "histogram" and buckets == {"1.0": 0, "10.0": 2, "+Inf": 2}
+
+
+def test_models_load_other_models_in_explicit_mode(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    code, config = CONFIGS["metrics_py"]
+    assert config is not None
+    (repo / "metrics_py" / "1").mkdir(parents=True)
+    (repo / "metrics_py" / "1" / "model.py").write_text(code)
+    (repo / "metrics_py" / "config.pbtxt").write_text(config + "\n")
+    write_model(
+        repo, "add_sub_onnx", models.add_sub([1, 4]), 'platform: "onnxruntime_onnx"\nmax_batch_size: 0\n'
+    )
+    proc = KilnProcess(
+        [repo], "--model-control-mode", "explicit", "--load-model", "metrics_py", log_dir=tmp_path
+    )
+    with proc:
+        client = httpclient.InferenceServerClient(proc.http_url)
+        assert not client.is_model_ready("add_sub_onnx")
+        x = httpclient.InferInput("IN", [1], "FP32")
+        x.set_data_from_numpy(np.ones(1, np.float32))
+        note = client.infer("metrics_py", [x]).as_numpy("NOTE")[0].decode()
+        assert note == "False|loaded" and client.is_model_ready("add_sub_onnx")

@@ -22,7 +22,7 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import numpy as np
 
@@ -64,6 +64,10 @@ class BackendContext:
     device_id: int = 0
     instance_name: str = ""
     caller: ModelCaller | None = None  # None outside a server (kiln bench, kiln build)
+    auto_complete: bool = (
+        True  # --disable-auto-complete-config turns it off (backends that complete the config)
+    )
+    metrics: Any = None  # custom metric families a backend may register (kiln.stats.custom.CustomMetrics)
 
 
 class Backend(ABC):

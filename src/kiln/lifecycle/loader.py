@@ -43,6 +43,7 @@ async def load_version(
             auto_complete=options.auto_complete,
             default_max_batch_size=options.default_max_batch_size,
             caller=caller,
+            metrics=options.custom_metrics,
         )
         try:
             run_warmup(model, model_dir)

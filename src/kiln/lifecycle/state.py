@@ -6,6 +6,7 @@ import asyncio
 import enum
 import tempfile
 from dataclasses import dataclass, field
+from typing import Any
 
 from kiln.model import Model
 from kiln.scheduling import Scheduler
@@ -70,6 +71,7 @@ class LifecycleOptions:
     default_max_batch_size: int = 4
     latency: LatencyOptions | None = None
     max_upload_bytes: int = 256 * 1024 * 1024
+    custom_metrics: Any = None  # kiln.stats.custom.CustomMetrics: families backends register (Python models)
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from kiln.backends import Backend, BackendContext, ModelCaller
 from kiln.config.schema import model_config_pb2
 from kiln.errors import ModelLoadError
@@ -16,6 +18,8 @@ def instance_contexts(
     klass: type[Backend],
     cpu_count: int | None = None,
     caller: ModelCaller | None = None,
+    auto_complete: bool = True,
+    metrics: Any = None,
 ) -> list[BackendContext]:
     """One context per model instance: ``count`` per group (per listed GPU for KIND_GPU), as Triton does.
     KIND_AUTO means GPU where the backend can use one, else CPU; KIND_GPU without a usable GPU is an error."""
@@ -45,7 +49,14 @@ def instance_contexts(
     base = {"cpu_count": cpu_count} if cpu_count else {}
     return [
         BackendContext(
-            instance_count=cpu_instances, kind=kind, device_id=dev, instance_name=name, caller=caller, **base
+            instance_count=cpu_instances,
+            kind=kind,
+            device_id=dev,
+            instance_name=name,
+            caller=caller,
+            auto_complete=auto_complete,
+            metrics=metrics,
+            **base,
         )
         for kind, dev, name in plan
     ]

@@ -86,6 +86,7 @@ class Model:
         default_max_batch_size: int = 4,
         cpu_count: int | None = None,
         caller: ModelCaller | None = None,
+        metrics: Any = None,
     ) -> Model:
         config = _copy(config)
         klass = backend_class(backend_name)
@@ -99,7 +100,7 @@ class Model:
             raise ModelLoadError(f"model '{config.name}' version {version}: {path} does not exist")
         if not config.instance_group:
             config.instance_group.add(name=f"{config.name}_0", count=1, kind=KIND_CPU)
-        contexts = instance_contexts(config, klass, cpu_count, caller)
+        contexts = instance_contexts(config, klass, cpu_count, caller, auto_complete, metrics)
         first = klass(config, path, contexts[0])
         first.load()
         try:

@@ -13,6 +13,7 @@ from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
 from kiln.stats.counters import FAILURE_REASONS, Duration, ModelStats
+from kiln.stats.custom import CustomMetrics
 from kiln.stats.latency import LATENCY_KINDS
 
 _COUNTERS: list[tuple[str, str, Callable[[ModelStats], float]]] = [
@@ -98,8 +99,12 @@ def _latency_metrics(all_stats: Sequence[ModelStats]) -> Iterator[Metric]:
             yield hist
 
 
-def build_registry(stats: Callable[[], Sequence[ModelStats]]) -> CollectorRegistry:
+def build_registry(
+    stats: Callable[[], Sequence[ModelStats]], custom: CustomMetrics | None = None
+) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(InferenceCollector(stats))
+    if custom is not None:
+        registry.register(custom)  # type: ignore[arg-type]
     ProcessCollector(registry=registry)  # process_cpu_seconds_total, process_resident_memory_bytes, ...
     return registry

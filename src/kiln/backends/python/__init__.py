@@ -18,9 +18,12 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from google.protobuf import json_format
+
 from kiln.backends.base import Backend, ExecutionShape
 from kiln.backends.python import pb_utils
 from kiln.config import config_to_dict
+from kiln.config.schema import model_config_pb2
 from kiln.errors import InternalError, InvalidArgumentError, KilnError, ModelLoadError
 from kiln.scheduling.work import Work
 
@@ -64,11 +67,10 @@ class PythonBackend(Backend):
             raise ModelLoadError(
                 f"failed to import {self.model_path.name}: {type(e).__name__}: {e}"
             ) from None
-        if hasattr(model_class, "auto_complete_config"):
-            log.warning(
-                "model '%s': auto_complete_config() is not run by Kiln yet; the config.pbtxt must be complete",
-                self.config.name,
-            )
+        if self.context.auto_complete and hasattr(model_class, "auto_complete_config"):
+            self._auto_complete(model_class)
+        if self.context.metrics is not None:
+            pb_utils._state["metrics"] = self.context.metrics
         self.model = model_class()
         self.decoupled = self.config.model_transaction_policy.decoupled
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -88,17 +90,37 @@ class PythonBackend(Backend):
             except Exception as e:
                 raise ModelLoadError(f"initialize() failed: {type(e).__name__}: {e}") from None
 
+    def _auto_complete(self, model_class: Any) -> None:
+        """Triton's ``auto_complete_config`` staticmethod, before ``initialize``: its additions are merged into
+        this version's config (which the other instances and the validation then use)."""
+        document = pb_utils.ModelConfig(config_to_dict(self.config))
+        try:
+            result = model_class.auto_complete_config(document)
+        except Exception as e:
+            raise ModelLoadError(f"auto_complete_config() failed: {e}") from None
+        completed = result.as_dict() if isinstance(result, pb_utils.ModelConfig) else document.as_dict()
+        try:
+            parsed = json_format.ParseDict(completed, model_config_pb2.ModelConfig())
+        except json_format.ParseError as e:
+            raise ModelLoadError(f"auto_complete_config() produced an invalid config: {e}") from None
+        self.config.CopyFrom(parsed)
+
     def settings(self) -> dict[str, object]:
         return {"runtime": f"python {sys.version.split()[0]}", "isolation": "in-process"}
 
     def _call(self, fn: Any, *args: Any) -> Any:
         """Run a model method; an ``async def`` one on this instance's own event loop."""
-        result = fn(*args)
-        if inspect.isawaitable(result):
-            if self._loop is None:
-                self._loop = asyncio.new_event_loop()
-            result = self._loop.run_until_complete(result)
-        return result
+        previous = getattr(pb_utils._current, "model", None)
+        pb_utils._current.model = (self.config.name, self.model_path.parent.name)
+        try:
+            result = fn(*args)
+            if inspect.isawaitable(result):
+                if self._loop is None:
+                    self._loop = asyncio.new_event_loop()
+                result = self._loop.run_until_complete(result)
+            return result
+        finally:
+            pb_utils._current.model = previous
 
     def execute_requests(self, works: list[Work]) -> None:
         requests = [self._request(w) for w in works]
