@@ -98,12 +98,12 @@ class Core:
 
     def model_ready(self, name: str, version: str = "") -> bool:
         try:
-            self.manager.resolve(name, version)
+            status = self.manager.resolve(name, version)
         except (UnavailableError, NotFoundError):
             if name not in self.manager.models:
                 raise
             return False
-        return True
+        return status.model is None or status.model.health() is None
 
     def model_metadata(self, name: str, version: str = "") -> ModelMetadata:
         model = self.get_model(name, version)

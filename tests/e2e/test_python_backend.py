@@ -201,13 +201,20 @@ output [{{ name: "OUTPUT0" data_type: TYPE_FP32 dims: [1, 4] }}]""",
 }
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KilnProcess]:
+def isolation(mode: str) -> str:
+    return f'parameters {{ key: "KILN_ISOLATION" value: {{ string_value: "{mode}" }} }}'
+
+
+@pytest.fixture(scope="module", params=["in-process", "process"])
+def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[KilnProcess]:
+    """Every test below runs against both isolation modes: in the server process, and one worker per instance."""
     repo = tmp_path_factory.mktemp("python_repo")
     for name, (code, config) in CONFIGS.items():
         (repo / name / "1").mkdir(parents=True)
         (repo / name / "1" / "model.py").write_text(code)
-        if config is not None:  # auto_py has none: its model.py completes the config
+        if request.param == "process":
+            config = f"{config or ''}\n{isolation('process')}"
+        if config is not None:  # in-process auto_py has none: its model.py completes the config
             (repo / name / "config.pbtxt").write_text(config + "\n")
     write_model(
         repo, "add_sub_onnx", models.add_sub([1, 4]), 'platform: "onnxruntime_onnx"\nmax_batch_size: 0\n'

@@ -102,6 +102,10 @@ class Backend(ABC):
         """The runtime settings in force (threads, providers, ...): shown by ``kiln bench`` and the load log."""
         return {}
 
+    def health(self) -> str | None:
+        """None while the instance can serve; else why not (a crashed worker being restarted, ...)."""
+        return None
+
     def dependencies(self) -> list[str]:
         """Models this one calls (ensemble steps, declared BLS targets): the lifecycle keeps the graph."""
         return []

@@ -385,7 +385,11 @@ class ModelManager:
                 rows.append(IndexEntry(name, "", entry.state.value, entry.reason))
             for v, status in sorted(entry.versions.items()):
                 reason = status.reason or (entry.reason if status.state is ModelState.READY else "")
-                rows.append(IndexEntry(name, str(v), status.state.value, reason))
+                state = status.state.value
+                health = status.model.health() if status.model is not None else None
+                if health is not None and status.state is ModelState.READY:
+                    state, reason = ModelState.UNAVAILABLE.value, health
+                rows.append(IndexEntry(name, str(v), state, reason))
         if ready_only:
             rows = [r for r in rows if r.state == ModelState.READY.value]
         return rows

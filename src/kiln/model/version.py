@@ -219,6 +219,10 @@ class Model:
         """Blocking: run one (possibly merged) batch on the given model instance."""
         return self.backends[instance].execute(feeds, outputs)
 
+    def health(self) -> str | None:
+        """Why an instance of this version cannot serve right now (None: all can)."""
+        return next((reason for b in self.backends if (reason := b.health()) is not None), None)
+
     def execute_requests(self, works: list[Work], instance: int = 0) -> None:
         """Blocking: hand the scheduled requests to a per-request backend's instance."""
         self.backends[instance].execute_requests(works)

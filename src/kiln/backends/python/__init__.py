@@ -1,20 +1,25 @@
-"""The Python backend: Triton ``model.py`` files (``TritonPythonModel``) run unchanged, in the server process.
+"""The Python backend: Triton ``model.py`` files (``TritonPythonModel``) run unchanged.
 
-Each instance imports the model file under its own module name with the version folder, the model folder and
-this backend's folder on ``sys.path``, and ``triton_python_backend_utils`` importable. Requests arrive per request
-(the scheduler's batch is handed over as a list, as Triton does); answers go back through each request's sender,
-from ``execute``'s return value or, for decoupled models, from response senders used from any thread.
+Isolation per model (``parameters { key: "KILN_ISOLATION" value: { string_value: "process" } }``):
+
+- ``in-process`` (the default): the instance runs in the server process. No IPC at all; the GIL is shared
+  with the server.
+- ``process``: one worker process per instance (Triton's design), tensors of 64 KiB and more through shared
+  memory. A crash or a hang (``KILN_EXECUTE_TIMEOUT_S``) fails only that instance's requests, reports the model
+  UNAVAILABLE with the reason, and restarts the worker. ``EXECUTION_ENV_PATH`` (a packed ``.tar.gz`` or an
+  unpacked environment with ``bin/python``, e.g. a venv) runs it under that interpreter; it implies ``process``.
+
+Either way the scheduler hands each instance its batch as a list of requests (Triton's execute), and answers go
+back through each request's sender: from ``execute``'s return value, or from response senders (decoupled models).
 """
 
 from __future__ import annotations
 
-import asyncio
-import importlib.util
-import inspect
-import json
+import hashlib
 import logging
 import sys
-import threading
+import tarfile
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -22,16 +27,15 @@ from google.protobuf import json_format
 
 from kiln.backends.base import Backend, ExecutionShape
 from kiln.backends.python import pb_utils
+from kiln.backends.python.runner import ModelRunner
 from kiln.config import config_to_dict
 from kiln.config.schema import model_config_pb2
-from kiln.errors import InternalError, InvalidArgumentError, KilnError, ModelLoadError
+from kiln.errors import ModelLoadError
 from kiln.scheduling.work import Work
 
 log = logging.getLogger(__name__)
 
-_ERRORS = {
-    pb_utils.TritonError.INVALID_ARG: InvalidArgumentError,
-}
+ISOLATION_MODES = ("in-process", "process")
 
 
 class PythonBackend(Backend):
@@ -41,163 +45,100 @@ class PythonBackend(Backend):
     shape = ExecutionShape.PER_REQUEST
 
     def load(self) -> None:
-        for key in ("EXECUTION_ENV_PATH", "KILN_ISOLATION"):
-            if self.parameter(key) is not None:
-                raise ModelLoadError(
-                    f"parameter {key}: other execution environments and process isolation are not implemented "
-                    f"by Kiln's Python backend yet (models run in the server process)"
-                )
-        sys.modules.setdefault("triton_python_backend_utils", pb_utils)
+        env_path = self.parameter("EXECUTION_ENV_PATH")
+        isolation = (self.parameter("KILN_ISOLATION") or ("process" if env_path else "in-process")).lower()
+        if isolation not in ISOLATION_MODES:
+            raise ModelLoadError(
+                f"parameter KILN_ISOLATION must be one of {ISOLATION_MODES}, got '{isolation}'"
+            )
+        if env_path and isolation != "process":
+            raise ModelLoadError(
+                "EXECUTION_ENV_PATH runs the model in a worker process: KILN_ISOLATION must be process"
+            )
+        self.isolation = isolation
         if self.context.caller is not None:
             pb_utils._state["caller"] = self.context.caller
-        version_dir = self.model_path.parent
-        model_dir = version_dir.parent
-        for folder in (str(Path(__file__).parent), str(model_dir), str(version_dir)):
-            if folder not in sys.path:
-                sys.path.insert(0, folder)
-        module_name = f"kiln_python_model_{self.config.name}_{version_dir.name}_{self.context.instance_name}"
-        spec = importlib.util.spec_from_file_location(module_name, self.model_path)
-        if spec is None or spec.loader is None:
-            raise ModelLoadError(f"cannot import {self.model_path}")
-        module = importlib.util.module_from_spec(spec)
-        try:
-            spec.loader.exec_module(module)
-            model_class = module.TritonPythonModel
-        except Exception as e:
-            raise ModelLoadError(
-                f"failed to import {self.model_path.name}: {type(e).__name__}: {e}"
-            ) from None
-        if self.context.auto_complete and hasattr(model_class, "auto_complete_config"):
-            self._auto_complete(model_class)
         if self.context.metrics is not None:
             pb_utils._state["metrics"] = self.context.metrics
-        self.model = model_class()
-        self.decoupled = self.config.model_transaction_policy.decoupled
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._lock = threading.Lock()
-        args = {
-            "model_config": json.dumps(config_to_dict(self.config)),
+        instance = {
             "model_instance_kind": self.context.kind,
             "model_instance_name": self.context.instance_name,
             "model_instance_device_id": str(self.context.device_id),
-            "model_repository": str(model_dir),
-            "model_version": version_dir.name,
-            "model_name": self.config.name,
         }
-        if hasattr(self.model, "initialize"):
-            try:
-                self._call(self.model.initialize, args)
-            except Exception as e:
-                raise ModelLoadError(f"initialize() failed: {type(e).__name__}: {e}") from None
+        config = config_to_dict(self.config)
+        if isolation == "in-process":
+            self.runner: ModelRunner | None = ModelRunner(self.model_path, config, instance)
+            if self.context.auto_complete:
+                self._merge(self.runner.auto_complete())
+            self.runner.initialize()
+            self.worker = None
+            return
+        from kiln.backends.python.process import WorkerProcess
 
-    def _auto_complete(self, model_class: Any) -> None:
-        """Triton's ``auto_complete_config`` staticmethod, before ``initialize``: its additions are merged into
-        this version's config (which the other instances and the validation then use)."""
-        document = pb_utils.ModelConfig(config_to_dict(self.config))
-        try:
-            result = model_class.auto_complete_config(document)
-        except Exception as e:
-            raise ModelLoadError(f"auto_complete_config() failed: {e}") from None
-        completed = result.as_dict() if isinstance(result, pb_utils.ModelConfig) else document.as_dict()
+        self.runner = None
+        python = _interpreter(env_path, self.model_path.parent.parent) if env_path else sys.executable
+        timeout = float(self.parameter("KILN_EXECUTE_TIMEOUT_S", "0") or 0)
+        self.worker = WorkerProcess(
+            f"{self.config.name}/{self.context.instance_name}",
+            python,
+            (str(self.model_path), config, instance, self.context.auto_complete),
+            self.context.caller,
+            self.context.metrics,
+            timeout,
+        )
+        self._merge(self.worker.start())
+
+    def _merge(self, completed: dict[str, Any]) -> None:
+        """A config ``auto_complete_config`` filled in becomes this version's config."""
         try:
             parsed = json_format.ParseDict(completed, model_config_pb2.ModelConfig())
         except json_format.ParseError as e:
             raise ModelLoadError(f"auto_complete_config() produced an invalid config: {e}") from None
-        self.config.CopyFrom(parsed)
+        if parsed != self.config:
+            self.config.CopyFrom(parsed)
 
     def settings(self) -> dict[str, object]:
-        return {"runtime": f"python {sys.version.split()[0]}", "isolation": "in-process"}
+        settings: dict[str, object] = {
+            "runtime": f"python {sys.version.split()[0]}",
+            "isolation": self.isolation,
+        }
+        if self.worker is not None:
+            settings["interpreter"] = self.worker.python
+        return settings
 
-    def _call(self, fn: Any, *args: Any) -> Any:
-        """Run a model method; an ``async def`` one on this instance's own event loop."""
-        previous = getattr(pb_utils._current, "model", None)
-        pb_utils._current.model = (self.config.name, self.model_path.parent.name)
-        try:
-            result = fn(*args)
-            if inspect.isawaitable(result):
-                if self._loop is None:
-                    self._loop = asyncio.new_event_loop()
-                result = self._loop.run_until_complete(result)
-            return result
-        finally:
-            pb_utils._current.model = previous
+    def health(self) -> str | None:
+        return None if self.worker is None else self.worker.dead
 
     def execute_requests(self, works: list[Work]) -> None:
-        requests = [self._request(w) for w in works]
-        with self._lock:  # one execute at a time per instance, as Triton's stub runs them
-            try:
-                responses = self._call(self.model.execute, requests)
-            except Exception as e:
-                raise InternalError(self._failure(f"{type(e).__name__}: {e}")) from None
-        if self.decoupled or responses is None:
-            return  # answered through response senders
-        if not isinstance(responses, list | tuple) or len(responses) != len(works):
-            count = len(responses) if isinstance(responses, list | tuple) else type(responses).__name__
-            raise InternalError(self._failure(f"expected {len(works)} responses, got {count}"))
-        for work, response in zip(works, responses, strict=True):
-            _answer(work, response, final=True)
-
-    def _failure(self, message: str) -> str:
-        return f"Failed to process the request(s) for model '{self.config.name}', message: {message}"
-
-    def _request(self, work: Work) -> pb_utils.InferenceRequest:
-        r = work.request
-        flags = (pb_utils.TRITONSERVER_REQUEST_FLAG_SEQUENCE_START if r.sequence_start else 0) | (
-            pb_utils.TRITONSERVER_REQUEST_FLAG_SEQUENCE_END if r.sequence_end else 0
-        )
-        request = pb_utils.InferenceRequest(
-            self.config.name,
-            [pb_utils.Tensor(name, data) for name, data in work.feeds.items()],
-            list(work.outputs),
-            r.id,
-            r.correlation_id,
-            flags,
-            r.timeout_us or 0,
-            parameters=r.parameters,
-        )
-        request._sender = _Sender(work)
-        request._cancelled = work.is_cancelled
-        return request
+        if self.worker is not None:
+            self.worker.execute(works)
+        else:
+            assert self.runner is not None
+            self.runner.execute(works)
 
     def unload(self) -> None:
-        model = self.__dict__.pop("model", None)
-        if model is not None and hasattr(model, "finalize"):
-            self._call(model.finalize)
-        if getattr(self, "_loop", None) is not None:
-            self._loop.close()  # type: ignore[union-attr]
+        if self.worker is not None:
+            self.worker.close()
+        elif self.runner is not None:
+            self.runner.finalize()
 
 
-class _Sender:
-    """Triton's response sender over a request's Kiln sender."""
-
-    def __init__(self, work: Work) -> None:
-        self.work = work
-
-    def send(self, response: pb_utils.InferenceResponse | None = None, flags: int = 0) -> None:
-        final = bool(flags & pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
-        try:
-            if response is None:
-                if not final:
-                    raise pb_utils.TritonModelException("send() needs a response or the FINAL flag")
-                self.work.sender.send(final=True)
-            else:
-                _answer(self.work, response, final)
-        except KilnError as e:
-            raise pb_utils.TritonModelException(e.message) from None
-
-
-def _answer(work: Work, response: Any, final: bool) -> None:
-    if not isinstance(response, pb_utils.InferenceResponse):
-        work.sender.fail(
-            InternalError(f"execute() returned {type(response).__name__}, not InferenceResponse")
-        )
-        return
-    error = response.error()
-    if error is not None:
-        work.sender.fail(_ERRORS.get(error.code(), InternalError)(error.message()), final=final)
-        return
-    outputs = {t.name(): t.as_numpy() for t in response.output_tensors()}
-    work.sender.send(outputs, final=final, parameters=json.loads(response.parameters()))
-
-
-__all__ = ["PythonBackend"]
+def _interpreter(env_path: str, model_dir: Path) -> str:
+    """The Python of an ``EXECUTION_ENV_PATH``: an environment folder, or a packed one (``.tar.gz``) unpacked once
+    into a cache keyed by its content. ``$$TRITON_MODEL_DIRECTORY`` stands for the model's folder, as in Triton."""
+    path = Path(env_path.replace("$$TRITON_MODEL_DIRECTORY", str(model_dir)))
+    if not path.is_absolute():
+        path = model_dir / path
+    if path.is_file() and path.name.endswith((".tar.gz", ".tgz", ".tar")):
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+        target = Path(tempfile.gettempdir()) / f"kiln-env-{digest}"
+        if not (target / "bin" / "python").exists():
+            tmp = Path(tempfile.mkdtemp(prefix="kiln-env-"))
+            with tarfile.open(path) as archive:
+                archive.extractall(tmp, filter="tar")
+            tmp.rename(target)
+        path = target
+    python = path / "bin" / "python"
+    if not python.exists():
+        raise ModelLoadError(f"EXECUTION_ENV_PATH {env_path}: no bin/python in {path}")
+    return str(python)

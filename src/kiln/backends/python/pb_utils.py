@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 
-from kiln.config.schema import model_config_pb2
 from kiln.errors import KilnError
 from kiln.types import InferRequest, InputTensor, RequestedOutput, datatypes
 
@@ -210,9 +209,12 @@ class InferenceRequest:
         if decoupled:
             return _async_responses(caller, self._kiln_request())
         try:
-            loop = caller.loop
-            future = asyncio.run_coroutine_threadsafe(caller.infer(self._kiln_request()), loop)
-            return _response(await asyncio.wrap_future(future))
+            server_loop = getattr(caller, "loop", None)
+            if server_loop is not None:  # in the server process: await the core across the two event loops
+                future = asyncio.run_coroutine_threadsafe(caller.infer(self._kiln_request()), server_loop)
+                return _response(await asyncio.wrap_future(future))
+            loop = asyncio.get_running_loop()  # in a worker process: the blocking call, off this loop
+            return _response(await loop.run_in_executor(None, caller.infer_sync, self._kiln_request()))
         except KilnError as e:
             return InferenceResponse(error=TritonError(e.message))
 
@@ -273,7 +275,13 @@ def triton_string_to_numpy(triton_type_string: str) -> Any:
     return np.object_ if dtype == np.dtype(np.object_) else dtype.type
 
 
-_CONFIG_ENUMS = {name: model_config_pb2.DataType.Value(name) for name in datatypes.BY_CONFIG_NAME}
+# ModelConfig's DataType numbers (fixed by Triton's schema; written out so a worker under another interpreter
+# needs only numpy, not protobuf)
+_CONFIG_ENUMS = {
+    "TYPE_BOOL": 1, "TYPE_UINT8": 2, "TYPE_UINT16": 3, "TYPE_UINT32": 4, "TYPE_UINT64": 5, "TYPE_INT8": 6,
+    "TYPE_INT16": 7, "TYPE_INT32": 8, "TYPE_INT64": 9, "TYPE_FP16": 10, "TYPE_FP32": 11, "TYPE_FP64": 12,
+    "TYPE_STRING": 13,
+}  # fmt: skip
 
 
 class ModelConfig:
