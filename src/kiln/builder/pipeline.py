@@ -15,8 +15,9 @@ import onnx
 from kiln.builder import parse
 from kiln.builder.accuracy import AccuracyGateError, AccuracyReport, compare, gate
 from kiln.builder.data import Dataset, graph_inputs, load_dataset, random_dataset
+from kiln.builder.devices import device_check
 from kiln.builder.optimize import OptimizationLevel, optimize
-from kiln.builder.options import BuildOptions, Device, Precision, Target, format_shape_spec
+from kiln.builder.options import BuildOptions, Device, Precision, Target
 from kiln.builder.profiles import ResolvedProfile, resolve_profile
 from kiln.builder.report import Reporter
 from kiln.builder.speed import SpeedReport, measure_batches
@@ -31,7 +32,7 @@ from kiln.builder.write import (
     tool_versions,
 )
 from kiln.config.schema import model_config_pb2
-from kiln.errors import InvalidArgumentError, UnavailableError
+from kiln.errors import InvalidArgumentError
 from kiln.perf.runners import GpuOptions, Runner, model_config, open_model
 
 
@@ -68,7 +69,7 @@ def build(options: BuildOptions, reporter: Reporter | None = None) -> BuildResul
     output = Path(options.output)
     if not output.name or output.name.startswith("."):
         raise InvalidArgumentError(f"-o {output}: expected REPO/NAME, the model folder to write")
-    gpu = _device_check(options)
+    gpu = device_check(options)
     version = next_version(output, options.version)
 
     with reporter.stage("parse") as record:
@@ -147,47 +148,6 @@ def _check_accuracy(
         reporter.note(candidate.accuracy.summary())
         for failure in failures:
             reporter.note(failure, style="red")
-
-
-def _device_check(options: BuildOptions) -> GpuOptions | None:
-    """Fail before any work when the target's runtime is missing; for ``--device gpu``, the GPU instance (with
-    the build's TensorRT options) the ONNX Runtime backend runs the candidates on."""
-    if options.target is Target.OPENVINO:
-        from kiln.builder.openvino import import_openvino
-
-        import_openvino()
-    if options.device is not Device.GPU:
-        return None
-    if options.target is not Target.ONNXRUNTIME:
-        raise InvalidArgumentError("--device gpu is available for --target onnxruntime only")
-    import onnxruntime as ort
-
-    available = ort.get_available_providers()
-    if "CUDAExecutionProvider" not in available:
-        raise UnavailableError(
-            "GPU requested but this onnxruntime has no CUDAExecutionProvider (no GPU or CPU-only build: "
-            f"available providers are {', '.join(available)}); install onnxruntime-gpu on a machine with a GPU"
-        )
-    return GpuOptions(tensorrt=_tensorrt_options(options))
-
-
-def _tensorrt_options(options: BuildOptions) -> dict[str, str]:
-    """TensorRT execution-provider options for the GPU path: the shape profile, the precision, an engine cache
-    under the build's temporary folder (the server keeps its own, ``trt_cache`` in config.pbtxt)."""
-    trt: dict[str, str] = {
-        "trt_fp16_enable": "1" if options.precision in (Precision.FP16, Precision.BEST) else "0",
-        "trt_int8_enable": "1" if options.precision is Precision.INT8 else "0",  # the QDQ model's own scales
-        "trt_engine_cache_enable": "1",
-        "trt_engine_cache_path": str(Path(tempfile.gettempdir()) / "kiln-trt-cache"),
-    }
-    for kind, shapes in (
-        ("min", options.profile.min),
-        ("opt", options.profile.opt),
-        ("max", options.profile.max),
-    ):
-        if shapes:
-            trt[f"trt_profile_{kind}_shapes"] = format_shape_spec(shapes)
-    return trt
 
 
 def _best_candidates(calibration: Dataset) -> list[Precision]:

@@ -23,7 +23,6 @@ from kiln.errors import (
     InvalidArgumentError,
     KilnError,
     NotFoundError,
-    ResourceExhaustedError,
     UnavailableError,
 )
 from kiln.lifecycle.fingerprints import directory_fingerprint, shared_fingerprint, version_fingerprint
@@ -36,7 +35,7 @@ from kiln.lifecycle.state import (
     ModelState,
     VersionStatus,
 )
-from kiln.lifecycle.uploads import check_model_name, decode_file_overrides, safe_relative_path
+from kiln.lifecycle.uploads import check_model_name, decode_file_overrides, write_files
 from kiln.repository import ModelRepository
 
 log = logging.getLogger(__name__)
@@ -137,7 +136,7 @@ class ModelManager:
                 raise InvalidArgumentError(
                     "a load request with file: overrides must also carry a 'config' override"
                 )
-            workdir, model_dir = self._write_files(name, files)
+            workdir, model_dir = write_files(name, files, self.options.max_upload_bytes)
         else:
             model_dir = self.repository.scan().get(name)
             if model_dir is None:
@@ -198,27 +197,6 @@ class ModelManager:
             entry.versions.clear()
             entry.state, entry.reason, entry.fingerprint = ModelState.UNAVAILABLE, "unloaded", ""
             log.info("unloaded model '%s'", name)
-
-    def _write_files(
-        self, name: str, files: Mapping[str, bytes]
-    ) -> tuple[tempfile.TemporaryDirectory[str], Path]:
-        total = sum(len(b) for b in files.values())
-        if total > self.options.max_upload_bytes:
-            raise ResourceExhaustedError(
-                f"model files of {total} bytes exceed the upload limit of {self.options.max_upload_bytes} bytes"
-            )
-        workdir = tempfile.TemporaryDirectory(prefix=f"kiln-{name}-")
-        model_dir = Path(workdir.name) / name
-        model_dir.mkdir()
-        try:
-            for rel, content in files.items():
-                target = model_dir / safe_relative_path(rel)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(content)
-        except BaseException:
-            workdir.cleanup()
-            raise
-        return workdir, model_dir
 
     def _inside_repository(self, model_dir: Path) -> bool:
         resolved = model_dir.resolve()

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import base64
 import re
+import tempfile
 from collections.abc import Mapping
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
-from kiln.errors import InvalidArgumentError
+from kiln.errors import InvalidArgumentError, ResourceExhaustedError
 
 MODEL_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,254}$")
 
@@ -49,3 +50,26 @@ def decode_file_overrides(parameters: Mapping[str, object]) -> dict[str, bytes]:
         else:
             raise InvalidArgumentError(f"'{key}' must carry the file's bytes (base64 in JSON)")
     return files
+
+
+def write_files(
+    name: str, files: Mapping[str, bytes], max_bytes: int
+) -> tuple[tempfile.TemporaryDirectory[str], Path]:
+    """Model files sent with a load request, written to a private folder that lives as long as the model."""
+    total = sum(len(b) for b in files.values())
+    if total > max_bytes:
+        raise ResourceExhaustedError(
+            f"model files of {total} bytes exceed the upload limit of {max_bytes} bytes"
+        )
+    workdir = tempfile.TemporaryDirectory(prefix=f"kiln-{name}-")
+    model_dir = Path(workdir.name) / name
+    model_dir.mkdir()
+    try:
+        for rel, content in files.items():
+            target = model_dir / safe_relative_path(rel)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(content)
+    except BaseException:
+        workdir.cleanup()
+        raise
+    return workdir, model_dir

@@ -10,12 +10,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import threading
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import numpy as np
 
+from kiln.backends.python.shared import TritonError, TritonModelException, current, state
 from kiln.errors import KilnError
 from kiln.types import InferRequest, InputTensor, RequestedOutput, datatypes
 
@@ -25,33 +25,8 @@ TRITONSERVER_REQUEST_FLAG_SEQUENCE_END = 2
 TRITONSERVER_REQUEST_RELEASE_RESCHEDULE = 2
 
 _log = logging.getLogger("kiln.python_model")
-_state: dict[str, Any] = {"caller": None}  # the injected model caller, set when a Python model loads
-
-
-class TritonError(Exception):
-    UNKNOWN = 0
-    INTERNAL = 1
-    NOT_FOUND = 2
-    INVALID_ARG = 3
-    UNAVAILABLE = 4
-    UNSUPPORTED = 5
-    ALREADY_EXISTS = 6
-    CANCELLED = 7
-
-    def __init__(self, message: str, code: int = INTERNAL) -> None:
-        super().__init__(message)
-        self._message = message
-        self._code = code
-
-    def message(self) -> str:
-        return self._message
-
-    def code(self) -> int:
-        return self._code
-
-
-class TritonModelException(Exception):
-    pass
+_state = state  # the names runner/worker/backend use
+_current = current
 
 
 class Tensor:
@@ -284,94 +259,6 @@ _CONFIG_ENUMS = {
 }  # fmt: skip
 
 
-class ModelConfig:
-    """What ``auto_complete_config(auto_complete_model_config)`` gets: the config as Triton's JSON, and the calls
-    that may fill it in (inputs, outputs, max_batch_size, dynamic batching, the transaction policy)."""
-
-    def __init__(self, model_config: str | dict[str, Any]) -> None:
-        self._config = json.loads(model_config) if isinstance(model_config, str) else model_config
-        self._config.setdefault("input", [])
-        self._config.setdefault("output", [])
-        self._config.setdefault("max_batch_size", 0)
-
-    def _where(self) -> str:
-        return f"in auto-complete-config function for model '{self._config.get('name', '')}'"
-
-    def as_dict(self) -> dict[str, Any]:
-        return self._config
-
-    def set_max_batch_size(self, max_batch_size: int) -> None:
-        current = int(self._config.get("max_batch_size", 0))
-        if current > max_batch_size:
-            raise ValueError(
-                f"configuration specified max_batch_size {current}, but {self._where()} specified "
-                f"max_batch_size {max_batch_size}"
-            )
-        self._config["max_batch_size"] = max_batch_size
-
-    def set_dynamic_batching(self) -> None:
-        for other in ("sequence_batching", "ensemble_scheduling"):
-            if other in self._config:
-                raise ValueError(
-                    f"configuration specified scheduling_choice as '{other}', but {self._where()} tries to set "
-                    f"scheduling_choice as 'dynamic_batching'"
-                )
-        self._config.setdefault("dynamic_batching", {})
-
-    def add_input(self, input: dict[str, Any]) -> None:
-        self._add("input", input, ("name", "data_type", "dims", "optional"))
-
-    def add_output(self, output: dict[str, Any]) -> None:
-        self._add("output", output, ("name", "data_type", "dims"))
-
-    def _add(self, kind: str, entry: dict[str, Any], allowed: tuple[str, ...]) -> None:
-        name = entry.get("name")
-        extra = [k for k in entry if k not in allowed]
-        if extra:
-            raise ValueError(
-                f"{kind} '{name}' {self._where()} contains properties {extra}; allowed: {allowed}"
-            )
-        for required in ("name", "data_type", "dims"):
-            if required not in entry:
-                raise ValueError(f"{kind} '{name or ''}' {self._where()} is missing '{required}' property")
-        for current in self._config[kind]:
-            if current.get("name") != name:
-                continue
-            dtype = current.get("data_type", "TYPE_INVALID")
-            if dtype not in ("TYPE_INVALID", entry["data_type"]):
-                raise ValueError(
-                    f"unable to load model '{self._config.get('name', '')}', configuration expects datatype "
-                    f"{dtype} for {kind} '{name}', model provides {entry['data_type']}"
-                )
-            dims = [int(d) for d in current.get("dims", [])]
-            if dims and dims != [int(d) for d in entry["dims"]]:
-                raise ValueError(
-                    f"model '{self._config.get('name', '')}', tensor '{name}': the model expects dims "
-                    f"{list(entry['dims'])} but the model configuration specifies dims {dims}"
-                )
-            if "optional" in entry and "optional" in current and current["optional"] != entry["optional"]:
-                raise ValueError(f"model '{self._config.get('name', '')}', tensor '{name}': optional differs")
-            current.update(entry)
-            return
-        self._config[kind].append(dict(entry))
-
-    def set_model_transaction_policy(self, transaction_policy_dict: dict[str, Any]) -> None:
-        extra = [k for k in transaction_policy_dict if k != "decoupled"]
-        if extra:
-            raise ValueError(
-                f"model transaction property {self._where()} contains property other than 'decoupled'"
-            )
-        policy = self._config.setdefault("model_transaction_policy", {})
-        if "decoupled" in transaction_policy_dict:
-            wanted = bool(transaction_policy_dict["decoupled"])
-            if "decoupled" in policy and bool(policy["decoupled"]) != wanted:
-                raise ValueError(
-                    f"trying to change decoupled property {self._where()}, which is already set to "
-                    f"'{policy['decoupled']}'"
-                )
-            policy["decoupled"] = wanted
-
-
 class Logger:
     INFO, WARNING, ERROR, VERBOSE = 0, 1, 2, 3
 
@@ -394,70 +281,6 @@ class Logger:
     @staticmethod
     def log_verbose(message: str) -> None:
         _log.debug(message)
-
-
-_current = threading.local()  # the model whose initialize/execute runs on this thread (metric labels)
-
-
-class MetricFamily:
-    """A custom metric family on Kiln's /metrics. Each ``Metric`` is one label set; ``model`` and ``version``
-    labels are added from the model that creates it unless given."""
-
-    COUNTER = 0
-    GAUGE = 1
-    HISTOGRAM = 2
-
-    def __init__(self, name: str, description: str, kind: int) -> None:
-        registry = _state.get("metrics")
-        if registry is None:
-            raise TritonModelException("custom metrics need a running Kiln server")
-        try:
-            self._family = registry.family(name, description, kind)
-        except KilnError as e:
-            raise TritonModelException(e.message) from None
-        self.name, self.description, self.kind = name, description, kind
-
-    def Metric(self, labels: dict[str, str] | None = None, buckets: list[float] | None = None) -> Metric:
-        return Metric(self, labels, buckets)
-
-
-class Metric:
-    def __init__(
-        self, family: MetricFamily, labels: dict[str, str] | None = None, buckets: list[float] | None = None
-    ) -> None:
-        full = dict(labels or {})
-        model = getattr(_current, "model", None)
-        if model is not None:
-            full.setdefault("model", model[0])
-            full.setdefault("version", model[1])
-        try:
-            self._metric = family._family.metric(full, buckets)
-        except KilnError as e:
-            raise TritonModelException(e.message) from None
-        self._family = family._family
-
-    def _do(self, fn: Any, *args: Any) -> Any:
-        try:
-            return fn(*args)
-        except KilnError as e:
-            raise TritonModelException(e.message) from None
-
-    def increment(self, value: float) -> None:
-        self._do(self._metric.increment, value)
-
-    def set(self, value: float) -> None:
-        self._do(self._metric.set, value)
-
-    def observe(self, value: float) -> None:
-        self._do(self._metric.observe, value)
-
-    def value(self) -> float:
-        return self._metric.value()
-
-    def __del__(self) -> None:  # Triton removes a metric when its object goes away
-        family = getattr(self, "_family", None)
-        if family is not None:
-            family.remove(self._metric)
 
 
 def _lifecycle(method: str, *args: Any) -> Any:
@@ -484,3 +307,33 @@ def unload_model(model_name: str, unload_dependents: bool = False) -> None:
 
 def is_model_ready(model_name: str, model_version: str = "") -> bool:
     return bool(_lifecycle("ready_sync", model_name, model_version))
+
+
+# The rest of Triton's module surface, kept in their own files.
+from kiln.backends.python.autocomplete import ModelConfig  # noqa: E402
+from kiln.backends.python.metrics import Metric, MetricFamily  # noqa: E402
+
+__all__ = [
+    "TRITONSERVER_REQUEST_FLAG_SEQUENCE_END",
+    "TRITONSERVER_REQUEST_FLAG_SEQUENCE_START",
+    "TRITONSERVER_REQUEST_RELEASE_RESCHEDULE",
+    "TRITONSERVER_RESPONSE_COMPLETE_FINAL",
+    "InferenceRequest",
+    "InferenceResponse",
+    "Logger",
+    "Metric",
+    "MetricFamily",
+    "ModelConfig",
+    "Tensor",
+    "TritonError",
+    "TritonModelException",
+    "get_input_config_by_name",
+    "get_input_tensor_by_name",
+    "get_output_config_by_name",
+    "get_output_tensor_by_name",
+    "is_model_ready",
+    "load_model",
+    "triton_string_to_numpy",
+    "unload_model",
+    "using_decoupled_model_transaction_policy",
+]
