@@ -14,7 +14,6 @@ from pathlib import Path
 
 import grpc
 import uvicorn
-from prometheus_client import make_asgi_app
 from tritonclient.grpc import service_pb2_grpc
 
 from kiln.backends import Backend, BackendSpec, register_backend
@@ -26,6 +25,7 @@ from kiln.lifecycle import ControlMode, LifecycleOptions
 from kiln.repository import ModelRepository
 from kiln.restricted import Restrictions
 from kiln.stats.custom import CustomMetrics
+from kiln.stats.exposition import metrics_app
 from kiln.stats.latency import LatencyOptions
 from kiln.stats.prometheus import build_registry
 
@@ -168,7 +168,7 @@ async def _run_servers(
         if options.allow_metrics:
             metrics_server = _Uvicorn(
                 uvicorn.Config(
-                    make_asgi_app(build_registry(core.all_stats, core.options.lifecycle.custom_metrics)),
+                    metrics_app(build_registry(core.all_stats, core.options.lifecycle.custom_metrics)),
                     lifespan="off",
                     access_log=False,
                     log_level="warning",

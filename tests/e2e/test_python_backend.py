@@ -158,6 +158,29 @@ class TritonPythonModel:
         return out
 """
 
+BLS_DECOUPLED = """
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    async def execute(self, requests):
+        out = []
+        for request in requests:
+            n = pb_utils.get_input_tensor_by_name(request, "N")
+            name = np.array([b"repeat_py"], dtype=np.object_)[0]  # bytes, as Triton's examples pass names
+            inner = pb_utils.InferenceRequest(model_name=name, requested_output_names=["OUT"], inputs=[n])
+            responses = await inner.async_exec(decoupled=True)
+            total = 0
+            for response in responses:  # a plain for, as with Triton
+                if response.has_error():
+                    raise pb_utils.TritonModelException(response.error().message())
+                if response.output_tensors():
+                    total += int(pb_utils.get_output_tensor_by_name(response, "OUT").as_numpy()[0])
+            out.append(pb_utils.InferenceResponse([pb_utils.Tensor("SUM", np.array([total]))]))  # int64
+        return out
+"""
+
 IO = 'input [{ name: "INPUT0" data_type: TYPE_FP32 dims: [4] }, { name: "INPUT1" data_type: TYPE_FP32 dims: [4] }]'
 CONFIGS: dict[str, tuple[str, str | None]] = {
     "add_sub_py": (
@@ -190,7 +213,14 @@ input [{ name: "INPUT0" data_type: TYPE_INT32 dims: [4] }]""",
         METRICS,
         """backend: "python" max_batch_size: 0
 input [{ name: "IN" data_type: TYPE_FP32 dims: [-1] }]
-output [{ name: "OUT" data_type: TYPE_FP32 dims: [-1] }, { name: "NOTE" data_type: TYPE_STRING dims: [1] }]""",
+output [{ name: "OUT" data_type: TYPE_FP32 dims: [-1] }, { name: "NOTE" data_type: TYPE_STRING dims: [1] }]
+instance_group [{ count: 2 kind: KIND_CPU }]""",
+    ),
+    "bls_decoupled_py": (
+        BLS_DECOUPLED,
+        """backend: "python" max_batch_size: 0
+input [{ name: "N" data_type: TYPE_INT32 dims: [1] }]
+output [{ name: "SUM" data_type: TYPE_INT32 dims: [1] }]""",
     ),
     "broken_py": (
         BROKEN,
@@ -332,11 +362,12 @@ def test_custom_metrics_are_exported_with_model_labels(server: KilnProcess) -> N
     # the repository API from a model: readiness, and load refused outside explicit mode
     assert note.startswith("True|") and "not allowed" in note
     with urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=5) as r:
-        families = {f.name: f for f in text_string_to_metric_families(r.read().decode())}
-    counter = families["kiln_test_requests"]
-    assert counter.type == "counter"
-    (sample,) = [s for s in counter.samples if s.name == "kiln_test_requests_total"]
-    assert sample.labels == {"kind": "all", "model": "metrics_py", "version": "1"} and sample.value == 2
+        text = r.read().decode()
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    # Triton's exposition: the counter's own name on the HELP/TYPE lines and the sample, no _total suffix
+    assert "# TYPE kiln_test_requests counter\n" in text
+    assert 'kiln_test_requests{kind="all",model="metrics_py",version="1"} 2\n' in text
+    assert families["kiln_test_requests"].type == "counter"  # Prometheus' own parser reads it as a counter
     hist = families["kiln_test_sizes"]
     buckets = {s.labels["le"]: s.value for s in hist.samples if s.name.endswith("_bucket")}
     assert hist.type == "histogram" and buckets == {"1.0": 0, "10.0": 2, "+Inf": 2}
@@ -362,3 +393,13 @@ def test_models_load_other_models_in_explicit_mode(tmp_path: Path) -> None:
         x.set_data_from_numpy(np.ones(1, np.float32))
         note = client.infer("metrics_py", [x]).as_numpy("NOTE")[0].decode()
         assert note == "False|loaded" and client.is_model_ready("add_sub_onnx")
+
+
+def test_decoupled_bls_with_a_bytes_model_name_and_an_int64_output(server: KilnProcess) -> None:
+    """Triton's bls_decoupled example: the callee named by bytes, its responses iterated with a plain ``for``
+    after ``await async_exec(decoupled=True)``, and an int64 sum returned for a TYPE_INT32 output (converted: no
+    value is lost)."""
+    n = httpclient.InferInput("N", [1], "INT32")
+    n.set_data_from_numpy(np.array([4], np.int32))
+    result = httpclient.InferenceServerClient(server.http_url).infer("bls_decoupled_py", [n])
+    assert result.as_numpy("SUM").dtype == np.int32 and int(result.as_numpy("SUM")[0]) == 0 + 1 + 2 + 3

@@ -254,10 +254,14 @@ class Model:
             else:
                 dtype = spec.datatype
                 if array.dtype != dtype.numpy and not _same_kind(array.dtype, dtype):
-                    raise InternalError(
-                        f"model '{self.name}' output '{req.name}' has datatype "
-                        f"{_wire_name(array.dtype)}, but its config says {dtype.name}"
-                    )
+                    converted = _lossless(array, dtype)
+                    if converted is None:
+                        raise InternalError(
+                            f"model '{self.name}' output '{req.name}' has datatype "
+                            f"{_wire_name(array.dtype)}, but its config says {dtype.name} (and its values do "
+                            f"not convert without loss)"
+                        )
+                    array = converted
             outputs.append(OutputTensor(req.name, dtype, tuple(array.shape), array))
         return InferResponse(self.name, str(self.version), request.id, outputs, dict(parameters or {}), final)
 
@@ -321,6 +325,20 @@ def _check_transaction_policy(config: model_config_pb2.ModelConfig, klass: type[
 def _same_kind(actual: np.dtype, expected: DataType) -> bool:
     """BYTES outputs may come as object, str or bytes arrays; everything else must match exactly."""
     return expected.name == "BYTES" and actual.kind in "OSU"
+
+
+def _lossless(array: np.ndarray, dtype: DataType) -> np.ndarray | None:
+    """``array`` in the config's datatype when nothing is lost (int64 [0, 1] as INT32; float64 as FP32, which
+    numpy rounds as Triton's own clients would), else None: a float can't become an integer, nor text a number."""
+    target = dtype.numpy
+    if dtype.name == "BYTES" or array.dtype.kind not in "biuf" or target.kind not in "biuf":
+        return None
+    if array.dtype.kind == "f" and target.kind != "f":
+        return None
+    converted = array.astype(target)
+    if target.kind != "f" and not np.array_equal(converted, array):
+        return None  # an integer or bool that does not fit
+    return converted
 
 
 def _wire_name(dtype: np.dtype) -> str:

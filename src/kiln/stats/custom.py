@@ -8,7 +8,7 @@ import enum
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import HistogramMetricFamily, Metric
 
 from kiln.errors import InvalidArgumentError
 
@@ -30,6 +30,7 @@ class CustomMetric:
         self.buckets = sorted(float(b) for b in buckets or ())
         self._counts = [0] * (len(self.buckets) + 1)  # the last one is +Inf
         self._count = 0
+        self.users = 0  # Metric objects holding it (model instances share a label set)
 
     def increment(self, value: float) -> None:
         if self.family.kind is MetricKind.HISTOGRAM:
@@ -81,16 +82,18 @@ class CustomFamily:
             raise InvalidArgumentError(f"histogram '{self.name}' needs buckets")
         key = tuple(sorted((str(k), str(v)) for k, v in labels.items()))
         with self._lock:
-            if key in self.metrics:
-                raise InvalidArgumentError(
-                    f"metric family '{self.name}' already has a metric with labels {dict(key)}"
-                )
-            metric = self.metrics[key] = CustomMetric(self, dict(key), buckets)
+            metric = self.metrics.get(key)
+            if metric is None:  # the same labels again (another instance of the model): the same metric
+                metric = self.metrics[key] = CustomMetric(self, dict(key), buckets)
+            metric.users += 1
             return metric
 
     def remove(self, metric: CustomMetric) -> None:
+        """One user let go of ``metric``; the last one removes it from the exposition."""
         with self._lock:
-            self.metrics = {k: m for k, m in self.metrics.items() if m is not metric}
+            metric.users -= 1
+            if metric.users <= 0:
+                self.metrics = {k: m for k, m in self.metrics.items() if m is not metric}
 
 
 class CustomMetrics:
@@ -125,17 +128,13 @@ class CustomMetrics:
         for family in list(self.families.values()):
             metrics = list(family.metrics.values())
             label_names = sorted({k for m in metrics for k in m.labels})
-            if family.kind is MetricKind.COUNTER:
-                out: Metric = CounterMetricFamily(family.name, family.description, labels=label_names)
-            elif family.kind is MetricKind.GAUGE:
-                out = GaugeMetricFamily(family.name, family.description, labels=label_names)
-            else:
-                out = HistogramMetricFamily(family.name, family.description, labels=label_names)
-            for m in metrics:
-                values = [m.labels.get(k, "") for k in label_names]
-                if family.kind is MetricKind.HISTOGRAM:
+            if family.kind is MetricKind.HISTOGRAM:
+                out: Metric = HistogramMetricFamily(family.name, family.description, labels=label_names)
+                for m in metrics:
                     buckets, total = m.histogram()
-                    out.add_metric(values, buckets, total)  # type: ignore[union-attr]
-                else:
-                    out.add_metric(values, m.value())  # type: ignore[union-attr]
+                    out.add_metric([m.labels.get(k, "") for k in label_names], buckets, total)  # type: ignore[attr-defined]
+            else:  # Triton's names: a counter's samples carry no _total suffix
+                out = Metric(family.name, family.description, family.kind.name.lower())
+                for m in metrics:
+                    out.add_sample(family.name, {k: m.labels.get(k, "") for k in label_names}, m.value())
             yield out

@@ -105,7 +105,8 @@ class InferenceRequest:
         trace: Any = None,
         parameters: dict[str, Any] | str | None = None,
     ) -> None:
-        self._model_name = model_name
+        # Triton's examples pass a BYTES input's element as the name: bytes are taken as UTF-8 text
+        self._model_name = model_name.decode() if isinstance(model_name, bytes) else str(model_name)
         self._inputs = list(inputs or [])
         self._outputs = list(requested_output_names or [])
         self._id = request_id
@@ -182,7 +183,7 @@ class InferenceRequest:
     async def async_exec(self, decoupled: bool = False) -> Any:
         caller = _caller()
         if decoupled:
-            return _async_responses(caller, self._kiln_request())
+            return await _async_responses(caller, self._kiln_request())
         try:
             server_loop = getattr(caller, "loop", None)
             if server_loop is not None:  # in the server process: await the core across the two event loops
@@ -218,10 +219,27 @@ def _responses(stream: Iterator[Any]) -> Iterator[InferenceResponse]:
         yield InferenceResponse(error=TritonError(e.message))
 
 
-async def _async_responses(caller: Any, request: InferRequest) -> AsyncIterator[InferenceResponse]:
+class _Responses:
+    """What ``await async_exec(decoupled=True)`` returns: the responses, iterable with ``for`` (as Triton's) and
+    with ``async for``."""
+
+    def __init__(self, responses: list[InferenceResponse]) -> None:
+        self._items = responses
+
+    def __iter__(self) -> Iterator[InferenceResponse]:
+        return iter(self._items)
+
+    def __aiter__(self) -> AsyncIterator[InferenceResponse]:
+        async def gen() -> AsyncIterator[InferenceResponse]:
+            for item in self._items:
+                yield item
+
+        return gen()
+
+
+async def _async_responses(caller: Any, request: InferRequest) -> _Responses:
     loop = asyncio.get_running_loop()
-    for response in await loop.run_in_executor(None, lambda: list(_responses(caller.stream_sync(request)))):
-        yield response
+    return _Responses(await loop.run_in_executor(None, lambda: list(_responses(caller.stream_sync(request)))))
 
 
 # -- helpers Triton's module has -----------------------------------------------------------------------
