@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import dataclasses
+import datetime as dt
 import importlib.util
 import os
 import platform
@@ -98,8 +100,9 @@ def perf_analyzer() -> PerfAnalyzer:
     return PerfAnalyzer(path=path, env=env)
 
 
-def build_add_sub_repository(root: Path) -> Path:
-    """Write add_sub (OUTPUT0 = INPUT0 + INPUT1, OUTPUT1 = INPUT0 - INPUT1, FP32 [-1, 16]), Triton layout."""
+def build_add_sub_repository(root: Path, name: str = "add_sub") -> Path:
+    """Write add_sub (OUTPUT0 = INPUT0 + INPUT1, OUTPUT1 = INPUT0 - INPUT1, FP32 [-1, 16]), Triton layout,
+    as the model `name`."""
     import onnx
     from onnx import TensorProto, helper
 
@@ -115,10 +118,10 @@ def build_add_sub_repository(root: Path) -> Path:
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     onnx.checker.check_model(model)
-    model_dir = root / "add_sub"
+    model_dir = root / name
     (model_dir / "1").mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(model_dir / "1" / "model.onnx"))
-    (model_dir / "config.pbtxt").write_text(ADD_SUB_CONFIG)
+    (model_dir / "config.pbtxt").write_text(ADD_SUB_CONFIG.replace('name: "add_sub"', f'name: "{name}"', 1))
     return root
 
 
@@ -149,8 +152,11 @@ def _tail(path: Path, lines: int = 40) -> str:
         return ""
 
 
-def wait_ready(url: str, process: subprocess.Popen[bytes], log: Path, timeout_s: float) -> None:
-    """Poll `url` until it answers 200; fail early if the process exits, and after `timeout_s` seconds."""
+def wait_ready(
+    url: str, process: subprocess.Popen[bytes], log: Path, timeout_s: float, poll_s: float = 0.2
+) -> None:
+    """Poll `url` every `poll_s` until it answers 200; fail early if the process exits, and after
+    `timeout_s` seconds."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -163,7 +169,7 @@ def wait_ready(url: str, process: subprocess.Popen[bytes], log: Path, timeout_s:
                     return
         except (urllib.error.URLError, ConnectionError, TimeoutError):
             pass
-        time.sleep(0.2)
+        time.sleep(poll_s)
     raise TimeoutError(f"{url} not ready after {timeout_s:.0f} s; log tail:\n{_tail(log)}")
 
 
@@ -196,6 +202,38 @@ class ServerEndpoints:
 
 
 @contextlib.contextmanager
+def running_server(
+    command: Sequence[str],
+    log: Path,
+    ready_url: str,
+    ready_timeout_s: float,
+    env: Mapping[str, str] | None = None,
+    poll_s: float = 0.2,
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Run `command` (output to `log`) until the block ends, once `ready_url` answers 200; always stopped."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("wb") as log_file:
+        process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT)
+        try:
+            wait_ready(ready_url, process, log, ready_timeout_s, poll_s)
+            yield process
+        finally:
+            stop_process(process)
+
+
+def kiln_command(repository: Path, endpoints: ServerEndpoints, extra_args: Sequence[str] = ()) -> list[str]:
+    """`python -m kiln serve` on `endpoints`' ports (more repositories can come in `extra_args`)."""
+    return [
+        str(venv_python()), "-m", "kiln", "serve",
+        "--model-repository", str(repository),
+        "--http-port", str(endpoints.http_port),
+        "--grpc-port", str(endpoints.grpc_port),
+        "--metrics-port", str(endpoints.metrics_port),
+        *extra_args,
+    ]  # fmt: skip
+
+
+@contextlib.contextmanager
 def kiln_server(
     repository: Path,
     log: Path,
@@ -205,24 +243,11 @@ def kiln_server(
 ) -> Iterator[ServerEndpoints]:
     """Run `python -m kiln serve` on free ports until the block ends; the server is always stopped.
     `env` replaces the environment (e.g. PYTHONPATH pointing at another source tree)."""
-    http_port, grpc_port, metrics_port = free_ports(3)
-    endpoints = ServerEndpoints(http_port, grpc_port, metrics_port)
-    command = [
-        str(venv_python()), "-m", "kiln", "serve",
-        "--model-repository", str(repository),
-        "--http-port", str(http_port),
-        "--grpc-port", str(grpc_port),
-        "--metrics-port", str(metrics_port),
-        *extra_args,
-    ]  # fmt: skip
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("wb") as log_file:
-        process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT)
-        try:
-            wait_ready(f"http://{endpoints.http_url}/v2/health/ready", process, log, ready_timeout_s)
-            yield dataclasses.replace(endpoints, pid=process.pid)
-        finally:
-            stop_process(process)
+    endpoints = ServerEndpoints(*free_ports(3))
+    command = kiln_command(repository, endpoints, extra_args)
+    ready = f"http://{endpoints.http_url}/v2/health/ready"
+    with running_server(command, log, ready, ready_timeout_s, env) as process:
+        yield dataclasses.replace(endpoints, pid=process.pid)
 
 
 # ------------------------------------------------------------------------- measurement helpers
@@ -334,3 +359,32 @@ def kiln_counts(http_url: str, model: str) -> tuple[int, int]:
         sum(int(m["inference_count"]) for m in entries),
         sum(int(m["execution_count"]) for m in entries),
     )
+
+
+# ------------------------------------------------------------------------------------------ reports
+
+
+def add_output_options(parser: argparse.ArgumentParser, name: str) -> None:
+    """--out-dir (raw outputs, default bench/results/<name>-<time>) and --markdown-out."""
+    parser.add_argument(
+        "--out-dir", type=Path, help=f"logs and perf CSVs (default bench/results/{name}-<time>)"
+    )
+    parser.add_argument("--markdown-out", type=Path, help="write the header and tables here")
+
+
+def results_dir(out_dir: Path | None, name: str) -> Path:
+    """`out_dir`, or bench/results/<name>-<time>; created."""
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    path = (out_dir or REPO_ROOT / "bench" / "results" / f"{name}-{stamp}").resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def publish(text: str, markdown_out: Path | None, out_dir: Path) -> None:
+    """Print the report, write it to `markdown_out` when given, and say where the raw outputs are."""
+    print(text)
+    if markdown_out is not None:
+        markdown_out.parent.mkdir(parents=True, exist_ok=True)
+        markdown_out.write_text(text)
+        print(f"[out] {markdown_out}", file=sys.stderr)
+    print(f"[out] logs and perf_analyzer CSVs: {out_dir}", file=sys.stderr)

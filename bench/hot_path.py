@@ -39,6 +39,7 @@ from _common import (
     REPO_ROOT,
     PerfAnalyzer,
     ServerEndpoints,
+    add_output_options,
     build_add_sub_repository,
     kiln_counts,
     kiln_server,
@@ -47,6 +48,8 @@ from _common import (
     parse_server_breakdown,
     perf_analyzer,
     process_cpu_seconds,
+    publish,
+    results_dir,
     run_perf_analyzer,
     venv_python,
 )
@@ -363,10 +366,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="start no new before/after pair after this many seconds",
     )
     parser.add_argument("--ready-timeout", type=float, default=60.0, help="seconds to wait for each server")
-    parser.add_argument(
-        "--out-dir", type=Path, help="logs and perf CSVs (default bench/results/hot_path-<time>)"
-    )
-    parser.add_argument("--markdown-out", type=Path, help="write the header and tables here")
+    add_output_options(parser, "hot_path")
     args = parser.parse_args(argv)
     if args.rounds < 3:
         parser.error("--rounds must be at least 3")
@@ -399,9 +399,7 @@ def choose_load(args: argparse.Namespace, workdir: Path) -> Load:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    out_dir = (args.out_dir or REPO_ROOT / "bench" / "results" / f"hot_path-{stamp}").resolve()
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = results_dir(args.out_dir, "hot_path")
     cases = [Case(p, c) for p in args.protocols for c in args.concurrency]
     load_start = load_note()
     print(f"[load] {load_start}", file=sys.stderr)
@@ -411,12 +409,7 @@ def main(argv: list[str] | None = None) -> int:
         with servers(args, repository, out_dir) as sides:
             samples, ended = run_rounds(sides, cases, load, args, out_dir)
     text = header(args, sides, load, ended, (load_start, load_note())) + "\n" + report(samples, cases)
-    print(text)
-    if args.markdown_out is not None:
-        args.markdown_out.parent.mkdir(parents=True, exist_ok=True)
-        args.markdown_out.write_text(text)
-        print(f"[out] {args.markdown_out}", file=sys.stderr)
-    print(f"[out] logs and perf_analyzer CSVs: {out_dir}", file=sys.stderr)
+    publish(text, args.markdown_out, out_dir)
     return 1 if any(s.error for s in samples) else 0
 
 
