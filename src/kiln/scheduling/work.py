@@ -107,12 +107,20 @@ class ResponseSender:
             pass  # closed meanwhile by another thread
 
     def _deliver(self, reply: Reply) -> None:
+        on_loop = _running_loop() is self._loop
         with self._lock:
             if self.closed:
                 raise InternalError(_CLOSED)
             self.replies += 1
             self.closed = reply.final
-        if _running_loop() is self._loop:
+            if self._queue is None and not on_loop:
+                # from a worker thread: store the answer; wake the loop only if the core already waits for it
+                # (usually it does not yet: it first waits for the execute call that is sending this)
+                self._reply = reply
+                waiting = self._future
+                if waiting is None:
+                    return
+        if on_loop:
             self._put(reply)
         else:
             self._loop.call_soon_threadsafe(self._put, reply)
@@ -131,8 +139,11 @@ class ResponseSender:
         assert self._queue is None, "result() is for non-decoupled requests; use next()"
         if self._reply is not None:
             return self._reply
-        if self._future is None:
-            self._future = self._loop.create_future()
+        with self._lock:  # against a worker thread storing the answer right now (see _deliver)
+            if self._reply is not None:
+                return self._reply
+            if self._future is None:
+                self._future = self._loop.create_future()
         return await self._future
 
     async def next(self) -> Reply:

@@ -328,3 +328,33 @@ def test_per_request_targets_never_run_inline() -> None:
             assert (await answer(direct, work(v))).error is None
 
     asyncio.run(main())
+
+
+def test_instance_pool_serves_waiters_first_come_first_served() -> None:
+    """A released instance goes to the longest waiting request, never to a newcomer (no starvation)."""
+    from kiln.scheduling.direct import InstancePool
+
+    async def main() -> None:
+        pool = InstancePool(1)
+        order: list[str] = []
+        held = await pool.acquire()
+
+        async def take(name: str) -> None:
+            instance = await pool.acquire()
+            order.append(name)
+            pool.release(instance)
+
+        waiting = asyncio.ensure_future(take("waiting"))
+        await until(lambda: len(pool.waiters) == 1)
+        pool.release(held)
+        newcomer = asyncio.ensure_future(take("newcomer"))  # arrives before the waiter has run
+        await asyncio.gather(waiting, newcomer)
+        assert order == ["waiting", "newcomer"]
+        cancelled = asyncio.ensure_future(pool.acquire())
+        held = await pool.acquire()
+        cancelled.cancel()  # a waiter that goes away leaves the line
+        await asyncio.gather(cancelled, return_exceptions=True)
+        pool.release(held)
+        assert list(pool.free) == [0] and not pool.waiters
+
+    asyncio.run(main())
