@@ -76,6 +76,8 @@ class Backend(ABC):
     platform: ClassVar[str]
     default_filename: ClassVar[str]
     shape: ClassVar[ExecutionShape] = ExecutionShape.BATCHED
+    #: the ``platform`` written into the completed config ("" for backends Triton names by ``backend`` only)
+    config_platform: ClassVar[str] = ""
 
     def __init__(
         self, config: model_config_pb2.ModelConfig, model_path: Path, context: BackendContext

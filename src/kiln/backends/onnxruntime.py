@@ -27,6 +27,7 @@ _GRAPH_LEVELS = {
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
     platform = "onnxruntime_onnx"
+    config_platform = "onnxruntime_onnx"
     default_filename = "model.onnx"
 
     session: ort.InferenceSession

@@ -40,6 +40,7 @@ class OpenVinoBackend(Backend):
 
     name = "openvino"
     platform = "openvino"
+    config_platform = "openvino"
     default_filename = "model.xml"
 
     def load(self) -> None:

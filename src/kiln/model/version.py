@@ -90,16 +90,25 @@ class Model:
     ) -> Model:
         config = _copy(config)
         klass = backend_class(backend_name)
+        # the fields Triton fills in its completed config, so clients reading it see the same
         if not config.backend:
             config.backend = klass.name
-        if not config.platform:
-            config.platform = klass.platform
-        filename = config.default_model_filename or klass.default_filename
-        path = model_dir / str(version) / filename
+        if not config.platform and klass.config_platform:
+            config.platform = klass.config_platform
+        if not config.default_model_filename:
+            config.default_model_filename = klass.default_filename
+        if not config.HasField("version_policy"):
+            config.version_policy.latest.num_versions = 1
+        path = model_dir / str(version) / config.default_model_filename
         if not path.exists():
             raise ModelLoadError(f"model '{config.name}' version {version}: {path} does not exist")
         if not config.instance_group:
-            config.instance_group.add(name=f"{config.name}_0", count=1, kind=KIND_CPU)
+            config.instance_group.add(count=1, kind=KIND_CPU)
+        for index, group in enumerate(config.instance_group):
+            if not group.name:
+                group.name = f"{config.name}_{index}"
+            if not group.count:
+                group.count = 1
         contexts = instance_contexts(config, klass, cpu_count, caller, auto_complete, metrics)
         first = klass(config, path, contexts[0])
         first.load()
