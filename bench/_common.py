@@ -259,8 +259,8 @@ def process_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def process_tree_cpu_seconds(pid: int) -> float:
-    """CPU seconds of `pid` plus all its live descendants (MLServer runs inference in worker processes)."""
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its live descendants (children first found, then theirs), from /proc."""
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -270,15 +270,75 @@ def process_tree_cpu_seconds(pid: int) -> float:
         except (OSError, ValueError, IndexError):
             continue
         children.setdefault(ppid, []).append(int(entry.name))
-    total, stack = 0.0, [pid]
+    tree, stack = [], [pid]
     while stack:
         current = stack.pop()
+        tree.append(current)
+        stack += children.get(current, [])
+    return tree
+
+
+def process_tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of `pid` plus all its live descendants (MLServer runs inference in worker processes)."""
+    total = 0.0
+    for current in process_tree(pid):
         try:
             total += process_cpu_seconds(current)
         except (OSError, ValueError, IndexError):
             pass
-        stack += children.get(current, [])
     return total
+
+
+@dataclass(frozen=True)
+class ProcessMemory:
+    """One process's resident memory (MiB): VmRSS (shared pages counted in full) and PSS (shared pages split
+    between the processes that map them, so PSS values add up)."""
+
+    pid: int
+    name: str
+    rss_mib: float
+    pss_mib: float
+
+
+def _kib_field(text: str, field: str) -> float:
+    match = re.search(rf"^{field}:\s+(\d+) kB", text, re.M)
+    return int(match.group(1)) / 1024 if match else float("nan")
+
+
+def process_memory(pid: int) -> ProcessMemory:
+    """VmRSS (/proc/<pid>/status) and Pss (/proc/<pid>/smaps_rollup) of `pid`."""
+    proc = Path(f"/proc/{pid}")
+    status = (proc / "status").read_text()
+    try:
+        pss = _kib_field((proc / "smaps_rollup").read_text(), "Pss")
+    except OSError:
+        pss = float("nan")
+    return ProcessMemory(pid, (proc / "comm").read_text().strip(), _kib_field(status, "VmRSS"), pss)
+
+
+def process_tree_memory(pid: int) -> list[ProcessMemory]:
+    """`process_memory` of `pid` (first) and of each live descendant."""
+    out = []
+    for current in process_tree(pid):
+        try:
+            out.append(process_memory(current))
+        except OSError:  # exited meanwhile
+            continue
+    return out
+
+
+def rss_by_file(pid: int) -> dict[str, float]:
+    """Resident MiB of `pid` per mapped file (by file name; "[anon]" for anonymous memory), from
+    /proc/<pid>/smaps, largest first."""
+    sizes: dict[str, float] = {}
+    name = "[anon]"
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        head = line.split(maxsplit=5)
+        if len(head) >= 5 and "-" in head[0] and not head[0].endswith(":"):
+            name = Path(head[5]).name if len(head) == 6 and head[5].startswith("/") else "[anon]"
+        elif head and head[0] == "Rss:":
+            sizes[name] = sizes.get(name, 0.0) + int(head[1]) / 1024
+    return dict(sorted(sizes.items(), key=lambda item: -item[1]))
 
 
 def load_note() -> str:

@@ -7,7 +7,7 @@ import dataclasses
 import json
 import shutil
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +15,8 @@ import numpy as np
 from _common import ADD_SUB_DIMS, build_add_sub_repository
 
 ADD_SUB, BLANK, ONNX, BLS = "add_sub", "blank", "add_sub_onnx", "bls_add_sub"
+ADD_SUB_PROCESS = "add_sub_process"  # add_sub's model.py under Kiln's KILN_ISOLATION: process
+PROCESS_ISOLATION = {"KILN_ISOLATION": "process"}
 DIMS = 4
 
 ADD_SUB_PY = """\
@@ -85,8 +87,15 @@ class TritonPythonModel:
 '''
 
 
-def python_config(name: str, inputs: Sequence[str], outputs: Sequence[str], dims: int, max_batch: int) -> str:
-    """A Python-backend config.pbtxt: FP32 tensors of [dims], one CPU instance."""
+def python_config(
+    name: str,
+    inputs: Sequence[str],
+    outputs: Sequence[str],
+    dims: int,
+    max_batch: int,
+    parameters: Mapping[str, str] | None = None,
+) -> str:
+    """A Python-backend config.pbtxt: FP32 tensors of [dims], one CPU instance, string `parameters`."""
 
     def tensors(names: Sequence[str]) -> str:
         return ",\n".join(f'  {{ name: "{n}" data_type: TYPE_FP32 dims: [ {dims} ] }}' for n in names)
@@ -95,6 +104,10 @@ def python_config(name: str, inputs: Sequence[str], outputs: Sequence[str], dims
         f'name: "{name}"\nbackend: "python"\nmax_batch_size: {max_batch}\n'
         f"input [\n{tensors(inputs)}\n]\noutput [\n{tensors(outputs)}\n]\n"
         "instance_group [ { count: 1 kind: KIND_CPU } ]\n"
+        + "".join(
+            f'parameters {{ key: "{k}" value: {{ string_value: "{v}" }} }}\n'
+            for k, v in (parameters or {}).items()
+        )
     )
 
 
@@ -107,8 +120,9 @@ def write_python_model(root: Path, name: str, source: str, config: str) -> None:
 @dataclasses.dataclass(frozen=True)
 class Repositories:
     shared: Path  # add_sub + blank: served by both
-    kiln_only: Path  # add_sub_onnx + bls_add_sub
-    cold: Path  # add_sub alone, for the cold starts
+    kiln_only: Path  # add_sub_onnx + bls_add_sub + add_sub_process
+    cold: Path  # add_sub alone, for the cold starts and the memory
+    cold_process: Path  # add_sub_process alone, likewise
 
 
 def build_repositories(root: Path) -> Repositories:
@@ -119,9 +133,12 @@ def build_repositories(root: Path) -> Repositories:
     kiln_only = build_add_sub_repository(root / "kiln_only", ONNX)
     # same I/O as the ONNX model (batched FP32 [16]), so a request goes through unchanged
     write_python_model(kiln_only, BLS, BLS_PY, python_config(BLS, *pair, ADD_SUB_DIMS, 8))
-    cold = root / "cold"
+    process_config = python_config(ADD_SUB_PROCESS, *pair, DIMS, 0, PROCESS_ISOLATION)
+    write_python_model(kiln_only, ADD_SUB_PROCESS, ADD_SUB_PY, process_config)
+    cold, cold_process = root / "cold", root / "cold_process"
     shutil.copytree(shared / ADD_SUB, cold / ADD_SUB)
-    return Repositories(shared, kiln_only, cold)
+    shutil.copytree(kiln_only / ADD_SUB_PROCESS, cold_process / ADD_SUB_PROCESS)
+    return Repositories(shared, kiln_only, cold, cold_process)
 
 
 # ------------------------------------------------------------------------------------- correctness

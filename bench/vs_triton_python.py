@@ -8,18 +8,23 @@ and serves it with real Triton (`tritonserver` from the nvidia-pytriton wheel, C
 bench/setup_triton.sh`) and with `kiln serve`, both on free 127.0.0.1 ports, both up for the whole run. Kiln also
 serves a second repository that Triton's wheel cannot (it has no ONNX Runtime backend): add_sub_onnx
 (bench/_common.py's ONNX add_sub, FP32 [-1, 16]) and bls_add_sub, a Python model that forwards each request to it
-through `pb_utils.InferenceRequest(...).exec()`.
+through `pb_utils.InferenceRequest(...).exec()`, and add_sub_process: add_sub's model.py with `parameters { key:
+"KILN_ISOLATION" value: { string_value: "process" } }` (one worker process per instance, as Triton's stub).
 
 Measured, perf_analyzer -b 1 -v (it reads each model's metadata and config itself), rounds alternating the order
 (Kiln/Triton, then Triton/Kiln, ...):
-  1. add_sub over HTTP and gRPC at concurrency 1 and 8: infer/s, Kiln/Triton, client p50/p99, server CPU/request;
+  1. add_sub over HTTP and gRPC at concurrency 1 and 8, Kiln in both isolation modes (add_sub in-process,
+     add_sub_process) against Triton: infer/s, Kiln/Triton, client p50/p99, server CPU/request;
   2. blank: the server-side request latency (perf_analyzer -v: the statistics extension's average) and its p50/p99
      from both servers' `nv_inference_request_summary_us` (`--metrics-config summary_latencies=true`);
   3. Kiln only: bls_add_sub (BLS -> ONNX) against add_sub_onnx called directly: the latency BLS adds;
-  4. cold start: process start -> /v2/models/add_sub/ready answers 200, a repository of add_sub alone, median of 3.
+  4. cold start: process start -> /v2/models/<model>/ready answers 200, a repository of one model alone (Kiln:
+     add_sub, then add_sub_process; Triton: add_sub), median of 3;
+  5. memory of those fresh servers after one warm-up request: RSS and PSS of the server process and of its child
+     processes (Kiln's worker in process mode, Triton's triton_python_backend_stub), median of 3.
 
 Usage (after `bash bench/setup.sh && bash bench/setup_triton.sh`):
-  .venv/bin/python bench/vs_triton_python.py                                        # ~6 min
+  .venv/bin/python bench/vs_triton_python.py                                        # ~8 min
   .venv/bin/python bench/vs_triton_python.py --rounds 3 --markdown-out bench/results/vs_triton_python.md
 """
 
@@ -33,13 +38,12 @@ import json
 import os
 import re
 import shlex
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from _common import (
@@ -56,16 +60,38 @@ from _common import (
     parse_server_breakdown,
     perf_analyzer,
     process_tree_cpu_seconds,
+    process_tree_memory,
     publish,
     results_dir,
+    rss_by_file,
     run_perf_analyzer,
     running_server,
     venv_python,
 )
-from _python_models import ADD_SUB, BLANK, BLS, DIMS, ONNX, build_repositories, check_outputs
+from _python_models import (
+    ADD_SUB,
+    ADD_SUB_PROCESS,
+    BLANK,
+    BLS,
+    DIMS,
+    ONNX,
+    Repositories,
+    build_repositories,
+    check_outputs,
+)
 from _triton import Triton
+from _vs_triton_tables import (
+    KILN,
+    TRITON,
+    Case,
+    FreshRun,
+    Sample,
+    blank_table,
+    bls_table,
+    fresh_sections,
+    versus_table,
+)
 
-KILN, TRITON = "kiln", "triton"
 SUMMARIES = ("--metrics-config", "summary_latencies=true")
 SUMMARY_WINDOW_S = 60.0  # both servers' summaries: quantiles over the last 60 s
 
@@ -98,13 +124,38 @@ def serve(launch: Launch, log: Path, ready_timeout_s: float) -> Iterator[ServerE
         yield dataclasses.replace(endpoints, pid=process.pid)
 
 
-def cold_start(launch: Launch, log: Path, timeout_s: float) -> float:
-    """Seconds from starting the process to /v2/models/add_sub/ready answering 200 (polled every 10 ms)."""
+@dataclasses.dataclass(frozen=True)
+class Fresh:
+    """A server started from nothing on a repository of `model` alone: its cold start, then its memory."""
+
+    label: str
+    launch: Launch
+    model: str
+
+
+def fresh_servers(triton: Triton, repos: Repositories) -> list[Fresh]:
+    alone, process_alone = launches(triton, repos.cold), launches(triton, repos.cold_process)
+    return [
+        Fresh("Kiln in-process", alone[KILN], ADD_SUB),
+        Fresh("Kiln process", process_alone[KILN], ADD_SUB_PROCESS),
+        Fresh("Triton", alone[TRITON], ADD_SUB),
+    ]
+
+
+def fresh_start(fresh: Fresh, log: Path, timeout_s: float) -> FreshRun:
+    """Seconds from starting the process to /v2/models/<model>/ready answering 200 (polled every 10 ms); then one
+    warm-up request (its outputs checked) and the memory of the server's process tree."""
     endpoints = ServerEndpoints(*free_ports(3))
-    ready = f"http://{endpoints.http_url}/v2/models/{ADD_SUB}/ready"
+    ready = f"http://{endpoints.http_url}/v2/models/{fresh.model}/ready"
+    command, env = fresh.launch.command(endpoints), fresh.launch.env
     started = time.monotonic()
-    with running_server(launch.command(endpoints), log, ready, timeout_s, launch.env, poll_s=0.01):
-        return time.monotonic() - started
+    with running_server(command, log, ready, timeout_s, env, poll_s=0.01) as process:
+        seconds = time.monotonic() - started
+        check = check_outputs(endpoints.http_url, [fresh.model])
+        if check != "ok":
+            raise RuntimeError(f"warm-up request failed: {check}")
+        memory = process_tree_memory(process.pid)
+        return FreshRun(seconds, memory, [rss_by_file(m.pid) for m in memory])
 
 
 # ------------------------------------------------------------------------------------- correctness
@@ -123,30 +174,6 @@ def config_differences(kiln_url: str, triton_url: str, model: str) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------ measuring
-
-
-@dataclasses.dataclass(frozen=True)
-class Case:
-    model: str
-    protocol: str
-    concurrency: int
-
-    def __str__(self) -> str:
-        return f"{self.model} {self.protocol} c={self.concurrency}"
-
-
-@dataclasses.dataclass(frozen=True)
-class Sample:
-    case: Case
-    server: str
-    round: int
-    throughput: float | None = None  # infer/s
-    p50_us: float | None = None  # client side
-    p99_us: float | None = None
-    server_us: dict[str, float] | None = None  # perf_analyzer -v: request, queue, input, infer, output (avg)
-    cpu_us: float | None = None  # server process tree CPU time / answered request
-    summary_us: dict[str, float] | None = None  # blank: nv_inference_request_summary_us p50/p99 after the run
-    error: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -200,101 +227,6 @@ def summary_quantiles(metrics_port: int, model: str) -> dict[str, float]:
     return out
 
 
-# ------------------------------------------------------------------------------------------------ report
-
-
-def _fmt(value: float | None, digits: int = 0) -> str:
-    return "-" if value is None or value != value else f"{value:,.{digits}f}"
-
-
-def _mid(values: Sequence[float | None]) -> float | None:
-    present = [v for v in values if v is not None]
-    return statistics.median(present) if present else None
-
-
-def _ok(samples: list[Sample], case: Case, server: str) -> list[Sample]:
-    return [s for s in samples if s.case == case and s.server == server and s.error is None]
-
-
-def _server(s: Sample, key: str) -> float | None:
-    return s.server_us.get(key) if s.server_us else None
-
-
-def table(header: Sequence[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
-
-
-def versus_table(samples: list[Sample], cases: list[Case]) -> str:
-    rows = []
-    for case in cases:
-        kiln, triton = _ok(samples, case, KILN), _ok(samples, case, TRITON)
-        k_tp, t_tp = _mid([s.throughput for s in kiln]), _mid([s.throughput for s in triton])
-        by_round = {s.round: s.throughput for s in triton}
-        ratios = [s.throughput / by_round[s.round] for s in kiln if s.throughput and by_round.get(s.round)]
-        spread = f"{min(ratios):.2f}-{max(ratios):.2f}" if ratios else "-"
-        cells = [
-            _fmt(_mid([getattr(s, a) for s in group]))
-            for a in ("p50_us", "p99_us")
-            for group in (kiln, triton)
-        ]
-        cpu = [_fmt(_mid([s.cpu_us for s in group])) for group in (kiln, triton)]
-        ratio = f"{k_tp / t_tp:.2f}" if k_tp and t_tp else "-"
-        rows.append([case.protocol, str(case.concurrency), f"{len(kiln)}/{len(triton)}", _fmt(k_tp), _fmt(t_tp),
-                     ratio, spread, *cells, *cpu])  # fmt: skip
-    header = ["protocol", "concurrency", "rounds Kiln/Triton", "Kiln infer/s", "Triton infer/s", "Kiln/Triton",
-              "per-round ratios", "Kiln p50 (us)", "Triton p50 (us)", "Kiln p99 (us)", "Triton p99 (us)",
-              "Kiln CPU/req (us)", "Triton CPU/req (us)"]  # fmt: skip
-    return table(header, rows)
-
-
-def blank_table(samples: list[Sample], case: Case) -> str:
-    rows = []
-    for server in (KILN, TRITON):
-        ok = _ok(samples, case, server)
-        parts = [
-            _fmt(_mid([_server(s, k) for s in ok])) for k in ("request", "queue", "input", "infer", "output")
-        ]
-        quantiles = [_fmt(_mid([(s.summary_us or {}).get(q) for s in ok])) for q in ("p50", "p99")]
-        client = [_fmt(_mid([getattr(s, a) for s in ok])) for a in ("throughput", "p50_us", "p99_us")]
-        rows.append(
-            [server, f"{case.protocol} c={case.concurrency}", str(len(ok)), *client, *parts, *quantiles]
-        )
-    header = ["server", "load", "rounds", "infer/s", "client p50 (us)", "client p99 (us)", "server request avg (us)",
-              "queue", "compute input", "compute infer", "compute output", "server request p50 (us)",
-              "server request p99 (us)"]  # fmt: skip
-    return table(header, rows)
-
-
-def bls_table(samples: list[Sample], cases: list[Case]) -> str:
-    rows = []
-    for case in (c for c in cases if c.model == BLS):
-        direct = _ok(samples, dataclasses.replace(case, model=ONNX), KILN)
-        bls = _ok(samples, case, KILN)
-        cells = []
-        for attribute in ("p50_us", "p99_us"):
-            d, b = _mid([getattr(s, attribute) for s in direct]), _mid([getattr(s, attribute) for s in bls])
-            cells += [_fmt(d), _fmt(b), _fmt(b - d if b is not None and d is not None else None)]
-        server = [_fmt(_mid([_server(s, "request") for s in group])) for group in (direct, bls)]
-        throughput = [_fmt(_mid([s.throughput for s in group])) for group in (direct, bls)]
-        rows.append(
-            [case.protocol, str(case.concurrency), f"{len(direct)}/{len(bls)}", *throughput, *cells, *server]
-        )
-    header = ["protocol", "concurrency", "rounds direct/BLS", "direct infer/s", "BLS infer/s", "direct p50 (us)",
-              "BLS p50 (us)", "added p50 (us)", "direct p99 (us)", "BLS p99 (us)", "added p99 (us)",
-              "direct server request avg (us)", "BLS server request avg (us)"]  # fmt: skip
-    return table(header, rows)
-
-
-def cold_table(times: dict[str, list[float]], errors: list[str]) -> str:
-    rows = [
-        [server, ", ".join(f"{t:.2f}" for t in runs), _fmt(statistics.median(runs) if runs else None, 2)]
-        for server, runs in times.items()
-    ]
-    text = table(["server", "runs (s)", "median (s)"], rows)
-    return text + ("\n\nFailed cold starts:\n" + "\n".join(f"- {e}" for e in errors) if errors else "")
-
-
 # ---------------------------------------------------------------------------------------------- running
 
 
@@ -304,8 +236,8 @@ class Run:
     checks: dict[str, str] = dataclasses.field(default_factory=dict)
     config_diff: list[str] = dataclasses.field(default_factory=list)
     versions: dict[str, str] = dataclasses.field(default_factory=dict)
-    cold: dict[str, list[float]] = dataclasses.field(default_factory=dict)
-    cold_errors: list[str] = dataclasses.field(default_factory=list)
+    fresh: dict[str, list[FreshRun]] = dataclasses.field(default_factory=dict)  # by Fresh.label
+    fresh_errors: list[str] = dataclasses.field(default_factory=list)
     notes: list[str] = dataclasses.field(default_factory=list)
     ended: str = ""
 
@@ -313,13 +245,14 @@ class Run:
 def run_rounds(
     run: Run, servers: dict[str, ServerEndpoints], load: Load, args: argparse.Namespace, deadline: float
 ) -> None:
-    """All rounds: Kiln/Triton on the shared models (order flipping every round), then Kiln's BLS pair."""
+    """All rounds: Kiln (add_sub also as add_sub_process) and Triton on the shared models, the order reversed every
+    other round, then Kiln's BLS pair."""
     shared = [*versus_cases(args), blank_case(args)]
     blank_started: dict[str, float] = {}
     for round_ in range(args.rounds):
-        order = (KILN, TRITON) if round_ % 2 == 0 else (TRITON, KILN)
-        pairs = [(case, server) for case in shared for server in order]
-        pairs += [(c, KILN) for c in (bls_cases(args) if round_ % 2 == 0 else bls_cases(args)[::-1])]
+        forward = round_ % 2 == 0
+        pairs = [pair for case in shared for pair in (targets(case) if forward else targets(case)[::-1])]
+        pairs += [(c, KILN) for c in (bls_cases(args) if forward else bls_cases(args)[::-1])]
         for case, server in pairs:
             if time.monotonic() >= deadline:
                 run.ended = f"stopped by --time-limit {args.time_limit:g} s in round {round_ + 1}"
@@ -337,6 +270,12 @@ def run_rounds(
                 blank_started[server] = started
             run.samples.append(sample)
     run.ended = f"{args.rounds} rounds"
+
+
+def targets(case: Case) -> list[tuple[Case, str]]:
+    """(case, server) pairs measuring `case`: Kiln, for add_sub also Kiln's add_sub_process, then Triton."""
+    process = [(dataclasses.replace(case, model=ADD_SUB_PROCESS), KILN)] if case.model == ADD_SUB else []
+    return [(case, KILN), *process, (case, TRITON)]
 
 
 def versus_cases(args: argparse.Namespace) -> list[Case]:
@@ -369,7 +308,7 @@ def measure_all(run: Run, launch: dict[str, Launch], args: argparse.Namespace, o
             run.versions[name] = server_version(servers[name].http_url)
             print(f"[server] {run.versions[name]}: http {servers[name].http_url}", file=sys.stderr)
         run.checks = {
-            KILN: check_outputs(servers[KILN].http_url, [ADD_SUB, BLANK, ONNX, BLS]),
+            KILN: check_outputs(servers[KILN].http_url, [ADD_SUB, ADD_SUB_PROCESS, BLANK, ONNX, BLS]),
             TRITON: check_outputs(servers[TRITON].http_url, [ADD_SUB, BLANK]),
         }
         print(f"[check] outputs {run.checks}", file=sys.stderr)
@@ -377,17 +316,28 @@ def measure_all(run: Run, launch: dict[str, Launch], args: argparse.Namespace, o
         run_rounds(run, servers, load, args, deadline)
 
 
-def measure_cold_starts(run: Run, launch: dict[str, Launch], args: argparse.Namespace, out_dir: Path) -> None:
-    run.cold = {KILN: [], TRITON: []}
+def measure_fresh_starts(run: Run, servers: list[Fresh], args: argparse.Namespace, out_dir: Path) -> None:
+    """`--cold-runs` fresh starts of each server (order reversed every other run), none begun after
+    `--fresh-time-limit` seconds."""
+    deadline = time.monotonic() + args.fresh_time_limit
+    run.fresh = {fresh.label: [] for fresh in servers}
     for i in range(args.cold_runs):
-        for name in (KILN, TRITON) if i % 2 == 0 else (TRITON, KILN):
-            try:
-                seconds = cold_start(launch[name], out_dir / f"cold-{name}-{i + 1}.log", args.ready_timeout)
-            except (RuntimeError, TimeoutError) as exc:
-                run.cold_errors.append(f"{name} run {i + 1}: {str(exc).splitlines()[0]}")
+        for fresh in servers if i % 2 == 0 else servers[::-1]:
+            if time.monotonic() >= deadline:
+                run.fresh_errors.append(f"{fresh.label} run {i + 1}: not started, --fresh-time-limit reached")
                 continue
-            run.cold[name].append(seconds)
-            print(f"[cold] {name} run {i + 1}: {seconds:.2f} s", file=sys.stderr)
+            slug = fresh.label.lower().replace(" ", "-")
+            try:
+                result = fresh_start(fresh, out_dir / f"cold-{slug}-{i + 1}.log", args.cold_timeout)
+            except (RuntimeError, TimeoutError, OSError) as exc:
+                run.fresh_errors.append(f"{fresh.label} run {i + 1}: {str(exc).splitlines()[0]}")
+                continue
+            run.fresh[fresh.label].append(result)
+            total = sum(m.rss_mib for m in result.memory)
+            print(
+                f"[fresh] {fresh.label} run {i + 1}: {result.seconds:.2f} s, RSS {total:.0f} MiB",
+                file=sys.stderr,
+            )
 
 
 # ------------------------------------------------------------------------------------------------- main
@@ -406,8 +356,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--run-timeout", type=float, default=60.0, help="hard limit per perf_analyzer run (s)"
     )
-    parser.add_argument("--cold-runs", type=int, default=3, help="cold starts per server")
-    parser.add_argument("--time-limit", type=float, default=480.0, help="no new measurement after this (s)")
+    parser.add_argument(
+        "--cold-runs", type=int, default=3, help="fresh starts (cold start, memory) per server"
+    )
+    parser.add_argument("--cold-timeout", type=float, default=30.0, help="limit per fresh start (s)")
+    parser.add_argument(
+        "--time-limit", type=float, default=480.0, help="no new perf_analyzer run after this (s)"
+    )
+    parser.add_argument(
+        "--fresh-time-limit",
+        type=float,
+        default=90.0,
+        help="no new fresh start after this (s, from their first)",
+    )
     parser.add_argument("--ready-timeout", type=float, default=90.0)
     parser.add_argument(
         "--triton-venv", type=Path, default=Path(os.environ.get("TRITON_VENV", "/tmp/pytriton-venv"))
@@ -436,9 +397,10 @@ def python_versions(triton: Triton) -> str:
         capture_output=True, text=True, check=False,
     ).stdout.split()  # fmt: skip
     return (
-        f"Kiln runs model.py in its server process (Python {' / numpy '.join(kiln)}); Triton in one "
-        f"triton_python_backend_stub process per instance (system Python {' / numpy '.join(system)}), "
-        f"fed through shared memory"
+        f"Kiln runs model.py in its server process (add_sub: in-process, the default) or in one worker process "
+        f"per instance (add_sub_process: `KILN_ISOLATION` process, tensors >= 64 KiB through shared memory), "
+        f"Python {' / numpy '.join(kiln)}; Triton in one triton_python_backend_stub process per instance (system "
+        f"Python {' / numpy '.join(system)}), fed through shared memory"
     )
 
 
@@ -463,10 +425,15 @@ def report(run: Run, args: argparse.Namespace, triton: Triton, loads: tuple[str,
 - `/v2/models/add_sub/config`, fields where Kiln's answer differs from Triton's:
 {diff}
 - load: perf_analyzer -b 1 -v, --measurement-interval {args.measurement_interval} ms, --max-trials {args.windows}, no
-  stability check; {run.ended}, order Kiln/Triton in odd rounds, Triton/Kiln in even ones; medians over the rounds;
-  p50/p99 client-side; CPU/req: the server's process tree (Triton: with its stub) CPU time / requests answered
+  stability check; {run.ended}, order Kiln (add_sub, add_sub_process)/Triton in odd rounds, reversed in even ones;
+  medians over the rounds; p50/p99 client-side; CPU/req: the server's process tree (Kiln process mode: with its
+  worker; Triton: with its stub) CPU time / requests answered
 """,
-        "## add_sub: Kiln versus Triton\n\n" + versus_table(run.samples, versus_cases(args)),
+        "## add_sub: Kiln (both isolation modes) versus Triton\n\n"
+        + versus_table(run.samples, versus_cases(args))
+        + "\n\nKiln in-process: add_sub; Kiln process: add_sub_process (same model.py, `KILN_ISOLATION` process), "
+        "both served by the same Kiln server; Triton: add_sub. Kiln/Triton and the per-round ratios are against "
+        "Triton's add_sub in the same round.",
         f"## Server-side overhead: the blank model ({blank.protocol}, concurrency 1)\n\n"
         + blank_table(run.samples, blank)
         + ("\n\n" + "\n".join(f"- {n}" for n in run.notes) if run.notes else "")
@@ -475,8 +442,7 @@ def report(run: Run, args: argparse.Namespace, triton: Triton, loads: tuple[str,
         "of the last 60 s on both, so that run alone; Kiln keeps at most its last 10,000 requests), medians.",
         "## Kiln: BLS (bls_add_sub -> add_sub_onnx) versus add_sub_onnx directly\n\n"
         + bls_table(run.samples, bls_cases(args)),
-        f"## Cold start: process start -> /v2/models/{ADD_SUB}/ready = 200 (repository of add_sub alone)\n\n"
-        + cold_table(run.cold, run.cold_errors),
+        fresh_sections(run.fresh, run.fresh_errors),
     ]
     if failures:
         parts.append("## Failed runs\n\n" + "\n".join(failures))
@@ -493,11 +459,11 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="kiln-bench-vs-triton-") as tmp:
         repos = build_repositories(Path(tmp))
         measure_all(run, launches(triton, repos.shared, repos.kiln_only), args, out_dir)
-        measure_cold_starts(run, launches(triton, repos.cold), args, out_dir)
+        measure_fresh_starts(run, fresh_servers(triton, repos), args, out_dir)
     text = report(run, args, triton, (load_start, load_note()))
     publish(text, args.markdown_out, out_dir)
     failed = (
-        any(s.error for s in run.samples) or run.cold_errors or any(v != "ok" for v in run.checks.values())
+        any(s.error for s in run.samples) or run.fresh_errors or any(v != "ok" for v in run.checks.values())
     )
     return 1 if failed else 0
 
