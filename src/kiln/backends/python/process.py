@@ -153,20 +153,11 @@ class WorkerProcess:
     def _dispatch(self, message: tuple[Any, ...]) -> None:
         kind = message[0]
         if kind == "reply":
-            _, request_id, outputs, error, final, parameters = message
-            work = self.pending.pop(request_id, None) if final else self.pending.get(request_id)
-            if work is None:
-                return
-            try:
-                if error is not None:
-                    work.sender.fail(ipc.unpack_error(error), final=final)
-                else:
-                    arrays = None if outputs is None else ipc.unpack_arrays(outputs)
-                    work.sender.send(arrays, final=final, parameters=parameters)
-            except KilnError as e:
-                log.warning("model '%s': %s", self.name, e.message)
+            self._reply(*message[1:])
         elif kind == "done":
-            _, batch_id, error, value = message
+            _, batch_id, error, value, replies = message
+            for reply in replies:  # a non-decoupled model's answers come with its execute's end
+                self._reply(*reply[1:])
             waiting = self._batches.get(batch_id)
             if waiting is not None:
                 waiting[1].append((error, value))
@@ -177,6 +168,21 @@ class WorkerProcess:
             handle = self._metric_handles.pop(message[1], None)
             if handle is not None:
                 handle.family.remove(handle)
+
+    def _reply(
+        self, request_id: int, outputs: Any, error: Any, final: bool, parameters: dict[str, Any]
+    ) -> None:
+        work = self.pending.pop(request_id, None) if final else self.pending.get(request_id)
+        if work is None:
+            return
+        try:
+            if error is not None:
+                work.sender.fail(ipc.unpack_error(error), final=final)
+            else:
+                arrays = None if outputs is None else ipc.unpack_arrays(outputs)
+                work.sender.send(arrays, final=final, parameters=parameters)
+        except KilnError as e:
+            log.warning("model '%s': %s", self.name, e.message)
 
     def _serve(self, call_id: int, method: str, args: tuple[Any, ...]) -> None:
         try:

@@ -132,17 +132,28 @@ class _RemoteMetric:
 
 
 class _Sender:
-    def __init__(self, channel: Channel, request_id: int) -> None:
+    """Replies of a non-decoupled model made during its execute ride on the batch's ``done`` message (one socket
+    round trip per batch); a decoupled model's go out at once, as they are produced."""
+
+    def __init__(self, channel: Channel, request_id: int, batch: list[tuple[Any, ...]] | None) -> None:
         self.channel, self.request_id, self.closed = channel, request_id, False
+        self.batch = batch  # the executing batch's collected replies, None to send each at once
 
     def send(self, outputs: Any = None, *, final: bool = False, parameters: Any = None) -> None:
         self._check(final)
         packed = None if outputs is None else ipc.pack_arrays(outputs)
-        self.channel.send(("reply", self.request_id, packed, None, final, dict(parameters or {})))
+        self._out(("reply", self.request_id, packed, None, final, dict(parameters or {})))
 
     def fail(self, error: BaseException, final: bool = True) -> None:
         self._check(final)
-        self.channel.send(("reply", self.request_id, None, ipc.pack_error(error), final, {}))
+        self._out(("reply", self.request_id, None, ipc.pack_error(error), final, {}))
+
+    def _out(self, reply: tuple[Any, ...]) -> None:
+        batch = self.batch
+        if batch is not None:
+            batch.append(reply)
+        else:
+            self.channel.send(reply)
 
     def _check(self, final: bool) -> None:
         if self.closed:
@@ -153,13 +164,13 @@ class _Sender:
 
 
 class _Work:
-    def __init__(self, channel: Channel, cancelled: set[int], request_id: int, fields: dict[str, Any],
-                 outputs: list[str]) -> None:  # fmt: skip
+    def __init__(self, channel: Channel, cancelled: set[int], batch: list[tuple[Any, ...]] | None,
+                 request_id: int, fields: dict[str, Any], outputs: list[str]) -> None:  # fmt: skip
         self.request_id = request_id
         self.request = ipc.unpack_request(fields)
         self.feeds = {t.name: t.data for t in self.request.inputs}
         self.outputs = outputs
-        self.sender = _Sender(channel, request_id)
+        self.sender = _Sender(channel, request_id, batch)
         self._cancelled = cancelled
 
     def is_cancelled(self) -> bool:
@@ -179,6 +190,7 @@ def main(fd: int) -> None:
         while (job := jobs.get()) is not None:
             kind, batch_id, payload = job
             error = None
+            replies: list[tuple[Any, ...]] = []
             try:
                 if kind == "init":
                     nonlocal runner
@@ -187,18 +199,24 @@ def main(fd: int) -> None:
                     if auto_complete:
                         runner.auto_complete()
                     runner.initialize()
-                    channel.send(("done", batch_id, None, runner.config))
+                    channel.send(("done", batch_id, None, runner.config, []))
                     continue
                 assert runner is not None
                 if kind == "execute":
-                    runner.execute([_Work(channel, cancelled, *item) for item in payload])
+                    batch = None if runner.decoupled else replies
+                    works = [_Work(channel, cancelled, batch, *item) for item in payload]
+                    try:
+                        runner.execute(works)
+                    finally:
+                        for work in works:  # a reply sent later (from another thread) goes out at once
+                            work.sender.batch = None
                 elif kind == "finalize":
                     runner.finalize()
             except BaseException as e:  # answered to the server, never raised here
                 error = ipc.pack_error(
                     e if isinstance(e, KilnError) else InternalError(f"{type(e).__name__}: {e}")
                 )
-            channel.send(("done", batch_id, error, None))
+            channel.send(("done", batch_id, error, None, replies))
             if kind == "finalize":
                 return
 
