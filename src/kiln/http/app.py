@@ -172,6 +172,9 @@ def create_app(core: Core, options: HttpOptions | None = None) -> Starlette:
     model = "/v2/models/{model}"
     versioned = "/v2/models/{model}/versions/{version}"
     routes = [
+        # the hot path first: Starlette tries routes in order
+        Route(model + "/infer", guard(infer, "inference"), methods=["POST"]),
+        Route(versioned + "/infer", guard(infer, "inference"), methods=["POST"]),
         Route("/v2", guard(server_metadata, "metadata"), methods=["GET"]),
         Route("/v2/health/live", guard(live, "health"), methods=["GET"]),
         Route("/v2/health/ready", guard(ready, "health"), methods=["GET"]),
@@ -186,7 +189,6 @@ def create_app(core: Core, options: HttpOptions | None = None) -> Starlette:
             Route(prefix + "/ready", guard(model_ready, "health"), methods=["GET"]),
             Route(prefix + "/config", guard(model_config, "model-config"), methods=["GET"]),
             Route(prefix + "/stats", guard(statistics, "statistics"), methods=["GET"]),
-            Route(prefix + "/infer", guard(infer, "inference"), methods=["POST"]),
         ]
     app = Starlette(routes=routes)
     app.add_exception_handler(404, _not_found)
@@ -213,17 +215,27 @@ async def _not_allowed(request: Request, exc: Exception) -> Response:
 
 
 async def _unless_disconnected(request: Request, work: Coroutine[Any, Any, T]) -> T:
-    """Run ``work`` but cancel it if the client disconnects first (a queued request then leaves the queue)."""
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(_disconnected(request))
+    """Run ``work`` in this task, but cancel it if the client disconnects first (a queued request then leaves the
+    queue). One watcher task per request; the work itself needs no task of its own."""
+    current = asyncio.current_task()
+    gone = False
+
+    async def watch() -> None:
+        nonlocal gone
+        await _disconnected(request)
+        gone = True
+        if current is not None:
+            current.cancel()
+
+    watcher = asyncio.ensure_future(watch())
     try:
-        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
+        return await work
+    except asyncio.CancelledError:
+        if gone:
+            raise CancelledError("the client disconnected before its request finished") from None
+        raise
     finally:
         watcher.cancel()
-    if not task.done():
-        task.cancel()
-        raise CancelledError("the client disconnected before its request finished")
-    return task.result()
 
 
 async def _disconnected(request: Request) -> None:

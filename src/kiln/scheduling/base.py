@@ -74,8 +74,13 @@ class Scheduler(ABC):
             loop = asyncio.get_running_loop()
             results, ns = await loop.run_in_executor(self.executor, _timed, fn, *args)
         self._runs += 1
-        # a slow execution raises the average at once, so a model that slows down leaves the loop immediately
-        self._avg_ns = ns if ns > self._avg_ns else 0.9 * self._avg_ns + 0.1 * ns
+        # A moving average decides: one execution slowed by the machine (a GC pause, a busy core) must not send
+        # a microsecond model to the thread pool, where every hop costs more than it; a really slow one (10x
+        # the threshold) leaves the loop at once.
+        if ns > 10 * self.inline_below_ns:
+            self._avg_ns = ns
+        else:
+            self._avg_ns = 0.9 * self._avg_ns + 0.1 * ns
         return results, ns
 
     async def execute(self, works: list[Work], instance: int, queue_ns: Sequence[int]) -> None:
