@@ -14,7 +14,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from kiln.errors import ErrorCode
 from kiln.grpc.servicer import STATUS as GRPC_STATUS
-from kiln.http.app import STATUS as HTTP_STATUS
+from kiln.http.errors import STATUS as HTTP_STATUS
 from servers import KilnProcess
 
 ECHO = """backend: "echo" max_batch_size: 8

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -17,25 +16,15 @@ from starlette.routing import Route
 
 from kiln.config import config_to_dict
 from kiln.core import Core
-from kiln.errors import CancelledError, ErrorCode, InvalidArgumentError, KilnError
+from kiln.errors import InvalidArgumentError
 from kiln.http import codec
+from kiln.http.errors import error_payload
+from kiln.http.infer import ASGIApp, InferEndpoint, with_fast_infer
+from kiln.http.infer import read_body as read_asgi_body
 from kiln.restricted import NO_RESTRICTIONS, Restrictions
 
 log = logging.getLogger(__name__)
 
-STATUS = {
-    ErrorCode.INVALID_ARGUMENT: 400,
-    ErrorCode.NOT_FOUND: 404,
-    ErrorCode.UNAVAILABLE: 503,
-    ErrorCode.ALREADY_EXISTS: 409,
-    ErrorCode.UNIMPLEMENTED: 501,
-    ErrorCode.PERMISSION_DENIED: 403,
-    ErrorCode.RESOURCE_EXHAUSTED: 429,
-    ErrorCode.DEADLINE_EXCEEDED: 504,
-    ErrorCode.CANCELLED: 499,
-    ErrorCode.FAILED_PRECONDITION: 400,
-    ErrorCode.INTERNAL: 500,
-}
 JSON = "application/json"
 T = TypeVar("T")
 
@@ -52,10 +41,8 @@ def json_response(doc: object, status: int = 200) -> Response:
 
 
 def error_response(exc: Exception) -> Response:
-    if isinstance(exc, KilnError):
-        return json_response({"error": exc.message}, STATUS[exc.code])
-    log.exception("internal error while serving an HTTP request", exc_info=exc)
-    return json_response({"error": "internal server error"}, 500)
+    status, doc = error_payload(exc)
+    return json_response(doc, status)
 
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -79,8 +66,10 @@ def _version(request: Request) -> str:
     return request.path_params.get("version", "")
 
 
-def create_app(core: Core, options: HttpOptions | None = None) -> Starlette:
+def create_app(core: Core, options: HttpOptions | None = None) -> ASGIApp:
+    """The HTTP/REST app: the infer endpoint as plain ASGI (the hot path), the rest on Starlette."""
     options = options or HttpOptions()
+    endpoint = InferEndpoint(core, options)
 
     async def server_metadata(request: Request) -> Response:
         md = core.server_metadata()
@@ -113,29 +102,6 @@ def create_app(core: Core, options: HttpOptions | None = None) -> Starlette:
         return json_response(
             config_to_dict(core.model_config(request.path_params["model"], _version(request)))
         )
-
-    async def infer(request: Request) -> Response:
-        body = await read_body(request, options.max_input_bytes)
-        encoding = request.headers.get("content-encoding")
-        if encoding:
-            body = codec.decompress(body, encoding, options.max_input_bytes)
-        infer_request, binary = codec.decode_infer_request(
-            body,
-            request.headers.get(codec.HEADER_LENGTH),
-            request.path_params["model"],
-            _version(request),
-        )
-        response = await _unless_disconnected(request, core.infer(infer_request))
-        payload, header_len = codec.encode_infer_response(response, binary)
-        headers = {}
-        if header_len is not None:
-            headers["Inference-Header-Content-Length"] = str(header_len)
-        accept = codec.choose_encoding(request.headers.get("accept-encoding"))
-        if accept:
-            payload = codec.compress(payload, accept)
-            headers["Content-Encoding"] = accept
-        media = "application/octet-stream" if header_len is not None else JSON
-        return Response(payload, media_type=media, headers=headers)
 
     async def repository_index(request: Request) -> Response:
         body = await read_body(request, options.max_input_bytes)
@@ -172,9 +138,9 @@ def create_app(core: Core, options: HttpOptions | None = None) -> Starlette:
     model = "/v2/models/{model}"
     versioned = "/v2/models/{model}/versions/{version}"
     routes = [
-        # the hot path first: Starlette tries routes in order
-        Route(model + "/infer", guard(infer, "inference"), methods=["POST"]),
-        Route(versioned + "/infer", guard(infer, "inference"), methods=["POST"]),
+        # POSTs never reach these (with_fast_infer answers them first); other methods get Starlette's 405
+        Route(model + "/infer", endpoint, methods=["POST"]),
+        Route(versioned + "/infer", endpoint, methods=["POST"]),
         Route("/v2", guard(server_metadata, "metadata"), methods=["GET"]),
         Route("/v2/health/live", guard(live, "health"), methods=["GET"]),
         Route("/v2/health/ready", guard(ready, "health"), methods=["GET"]),
@@ -193,7 +159,7 @@ def create_app(core: Core, options: HttpOptions | None = None) -> Starlette:
     app = Starlette(routes=routes)
     app.add_exception_handler(404, _not_found)
     app.add_exception_handler(405, _not_allowed)
-    return app
+    return with_fast_infer(app, endpoint)
 
 
 def _parameters(body: bytes, what: str) -> dict[str, Any]:
@@ -214,49 +180,6 @@ async def _not_allowed(request: Request, exc: Exception) -> Response:
     return json_response({"error": f"method {request.method} is not allowed on {request.url.path}"}, 405)
 
 
-async def _unless_disconnected(request: Request, work: Coroutine[Any, Any, T]) -> T:
-    """Run ``work`` in this task, but cancel it if the client disconnects first (a queued request then leaves the
-    queue). One watcher task per request; the work itself needs no task of its own."""
-    current = asyncio.current_task()
-    gone = False
-
-    async def watch() -> None:
-        nonlocal gone
-        await _disconnected(request)
-        gone = True
-        if current is not None:
-            current.cancel()
-
-    watcher = asyncio.ensure_future(watch())
-    try:
-        return await work
-    except asyncio.CancelledError:
-        if gone:
-            raise CancelledError("the client disconnected before its request finished") from None
-        raise
-    finally:
-        watcher.cancel()
-
-
-async def _disconnected(request: Request) -> None:
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
-
-
 async def read_body(request: Request, limit: int) -> bytes:
     """Read the body, refusing more than ``limit`` bytes before buffering them."""
-    length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > limit:
-        raise InvalidArgumentError(
-            f"request body of {length} bytes exceeds the limit of {limit} bytes (--http-max-input-size)"
-        )
-    chunks = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise InvalidArgumentError(
-                f"request body exceeds the limit of {limit} bytes (--http-max-input-size)"
-            )
-        chunks.append(chunk)
-    return b"".join(chunks)
+    return await read_asgi_body(request.receive, request.headers.get("content-length"), limit)

@@ -104,7 +104,7 @@ def flatten_json(name: str, data: Any, max_depth: int) -> list[Any]:
     """Flatten JSON ``data`` (flat or nested lists) without recursion, refusing nesting deeper than the rank."""
     if not isinstance(data, list):
         return [data]
-    if all(not isinstance(x, list) for x in data):
+    if list not in set(map(type, data)):  # already flat (checked in C, not per element in Python)
         return data
     out: list[Any] = []
     stack: list[tuple[list[Any], int, int]] = [(data, 0, 1)]
@@ -126,7 +126,9 @@ def from_json(name: str, dtype: DataType, shape: tuple[int, ...], data: Any) -> 
     """Decode the JSON ``data`` of a tensor into an array of ``shape``."""
     flat = flatten_json(name, data, max(1, len(shape)))
     if dtype.name != "BYTES":
-        kinds = set(map(type, flat))  # one pass in C: the checks below look at the kinds of value, not each value
+        kinds = set(
+            map(type, flat)
+        )  # one pass in C: the checks below look at the kinds of value, not each value
         if not kinds <= _NUMBER_KINDS:
             bad = next(x for x in flat if type(x) not in _NUMBER_KINDS)
             raise InvalidArgumentError(f"input '{name}': value {bad!r} is not valid {dtype.name} data")

@@ -10,7 +10,8 @@ import pytest
 
 from contract_backends import ERRORS
 from kiln.errors import ErrorCode
-from kiln.http.app import STATUS, error_response
+from kiln.http.app import error_response
+from kiln.http.errors import STATUS
 
 EXPECTED = {
     ErrorCode.INVALID_ARGUMENT: 400,
