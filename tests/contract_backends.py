@@ -15,39 +15,16 @@ import orjson
 
 from kiln.backends import Backend, ExecutionShape
 from kiln.errors import (
-    AlreadyExistsError,
-    CancelledError,
-    DeadlineExceededError,
-    FailedPreconditionError,
+    ErrorCode,
     InternalError,
     InvalidArgumentError,
     KilnError,
-    NotFoundError,
-    PermissionDeniedError,
-    ResourceExhaustedError,
     UnavailableError,
-    UnimplementedError,
+    error_class,
 )
 from kiln.scheduling import Work
 from kiln.types import InferRequest, InputTensor
 from kiln.types.datatypes import BY_NAME
-
-ERRORS: dict[str, type[KilnError]] = {
-    cls.code.value: cls
-    for cls in (
-        InvalidArgumentError,
-        NotFoundError,
-        UnavailableError,
-        AlreadyExistsError,
-        UnimplementedError,
-        PermissionDeniedError,
-        ResourceExhaustedError,
-        DeadlineExceededError,
-        CancelledError,
-        FailedPreconditionError,
-        InternalError,
-    )
-}
 
 
 def _identity(request: InferRequest) -> bytes:
@@ -83,7 +60,7 @@ class EchoBackend(Backend):
         for w in works:
             code = w.request.parameters.get("raise")
             if code:
-                raise ERRORS[str(code)](f"raised {code} on purpose")
+                raise error_class(ErrorCode(str(code)))(f"raised {code} on purpose")
         for w in works:
             if w.request.parameters.get("fail"):
                 w.sender.fail(InvalidArgumentError(f"request '{w.request.id}' asked to fail"))

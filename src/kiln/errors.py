@@ -81,6 +81,19 @@ class InternalError(KilnError):
     code = ErrorCode.INTERNAL
 
 
+_BY_CODE: dict[ErrorCode, type[KilnError]] = {}
+
+
+def error_class(code: ErrorCode) -> type[KilnError]:
+    """The error class that stands for ``code`` (for errors that crossed a process or wire as code + message)."""
+    if not _BY_CODE:
+        for cls in (InvalidArgumentError, NotFoundError, UnavailableError, AlreadyExistsError, UnimplementedError,
+                    PermissionDeniedError, ResourceExhaustedError, DeadlineExceededError, CancelledError,
+                    FailedPreconditionError, InternalError):  # fmt: skip
+            _BY_CODE[cls.code] = cls
+    return _BY_CODE.get(code, InternalError)
+
+
 class ModelConfigError(InvalidArgumentError):
     """A config.pbtxt that does not parse or does not fit its model."""
 

@@ -139,10 +139,15 @@ def test_a_dead_worker_is_reported_until_it_is_back(server: tuple[KilnProcess, P
     proc, _ = server
     client = httpclient.InferenceServerClient(proc.http_url)
     os.kill(_pid(client, "other"), 9)  # killed from outside
-    wait_until(lambda: not client.is_model_ready("other"), 10, "the model to report the crash")
-    index = {m["name"]: m for m in client.get_model_repository_index()}
-    if index["other"]["state"] == "UNAVAILABLE":  # it may already be back
-        assert "exit code -9" in index["other"]["reason"]
+    seen: dict[str, str] = {}
+
+    def reported() -> bool:  # polled: the restart follows within about a second
+        row = next(m for m in client.get_model_repository_index() if m["name"] == "other")
+        seen.update(row)
+        return row["state"] == "UNAVAILABLE"
+
+    wait_until(reported, 10, "the index to report the crash")
+    assert "exit code -9" in seen["reason"] and "restarting" in seen["reason"]
     wait_until(lambda: client.is_model_ready("other"), 30, "the worker to restart")
     assert _pid(client, "other") > 0
 

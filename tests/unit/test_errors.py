@@ -29,3 +29,9 @@ def test_specific_errors_keep_the_code_of_what_they_are() -> None:
     missing = errors.MissingDependencyError("torch", "torch")
     assert missing.code is ErrorCode.UNAVAILABLE
     assert missing.message == "torch is not installed; install it with: pip install 'kiln[torch]'"
+
+
+@pytest.mark.parametrize("code", list(ErrorCode), ids=lambda c: c.value)
+def test_error_class_by_code_is_the_named_class(code: ErrorCode) -> None:
+    """What rebuilds an error that crossed a process (the Python backend's workers) picks the right class."""
+    assert errors.error_class(code) is error_class(code)

@@ -53,6 +53,13 @@ class ModelCaller(Protocol):
 
     def stream_sync(self, request: InferRequest) -> Iterator[InferResponse]: ...
 
+    # the repository API, for models that load others (Python's pb_utils.load_model ...), from worker threads
+    def load_sync(self, name: str, parameters: Mapping[str, object]) -> None: ...
+
+    def unload_sync(self, name: str, parameters: Mapping[str, object]) -> None: ...
+
+    def ready_sync(self, name: str, version: str = "") -> bool: ...
+
 
 @dataclass(frozen=True)
 class BackendContext:

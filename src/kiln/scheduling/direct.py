@@ -49,10 +49,6 @@ class DirectScheduler(Scheduler):
         enqueued = time.perf_counter_ns()
         instance = await self.pool.acquire()
         try:
-            waited = time.perf_counter_ns() - enqueued
-            if self.target.batched:
-                await self._execute_one(work, instance, waited)
-            else:
-                await self._execute_requests([work], instance, [waited])
+            await self.execute([work], instance, [time.perf_counter_ns() - enqueued])
         finally:
             self.pool.release(instance)

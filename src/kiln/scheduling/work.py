@@ -51,13 +51,12 @@ class ResponseSender:
     (:meth:`next`), the last one carries ``final``; a final flag alone (no outputs) is allowed.
     """
 
-    __slots__ = ("_future", "_lock", "_loop", "_queue", "_reply", "closed", "decoupled", "replies")
+    __slots__ = ("_future", "_lock", "_loop", "_queue", "_reply", "closed", "decoupled")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, decoupled: bool = False) -> None:
         self._loop = loop
         self.decoupled = decoupled
         self.closed = False
-        self.replies = 0
         self._lock = threading.Lock()
         self._reply: Reply | None = None  # non-decoupled: the answer, once given
         self._future: asyncio.Future[Reply] | None = None  # non-decoupled: made only when the core must wait
@@ -72,18 +71,6 @@ class ResponseSender:
         parameters: Mapping[str, Any] | None = None,
     ) -> None:
         """Send one response (``outputs``), or only the final flag (``outputs`` None, ``final`` True)."""
-        if self._queue is None and outputs is not None and _running_loop() is self._loop:
-            # the hot path: a merged-batch runtime answering on the loop; exactly one reply
-            with self._lock:
-                if self.closed:
-                    raise InternalError(_CLOSED)
-                self.closed = True
-                self.replies += 1
-            reply = Reply(outputs, None, True, parameters or _NO_PARAMETERS)
-            self._reply = reply
-            if self._future is not None and not self._future.done():
-                self._future.set_result(reply)
-            return
         if outputs is None and not final:
             raise InternalError("a response needs outputs, or the final flag")
         if not self.decoupled:
@@ -111,7 +98,6 @@ class ResponseSender:
         with self._lock:
             if self.closed:
                 raise InternalError(_CLOSED)
-            self.replies += 1
             self.closed = reply.final
             if self._queue is None and not on_loop:
                 # from a worker thread: store the answer; wake the loop only if the core already waits for it

@@ -78,22 +78,15 @@ class ModelStats:
 
     def record_success(self, total_ns: int, queue_ns: int, input_ns: int, infer_ns: int, output_ns: int,
                        batch_size: int) -> None:  # fmt: skip
-        # inlined Duration.add: this runs once per request on the event loop
-        d = self.success
-        d.count += 1
-        d.ns += total_ns
-        d = self.queue
-        d.count += 1
-        d.ns += queue_ns
-        d = self.compute_input
-        d.count += 1
-        d.ns += input_ns
-        d = self.compute_infer
-        d.count += 1
-        d.ns += infer_ns
-        d = self.compute_output
-        d.count += 1
-        d.ns += output_ns
+        for d, ns in (
+            (self.success, total_ns),
+            (self.queue, queue_ns),
+            (self.compute_input, input_ns),
+            (self.compute_infer, infer_ns),
+            (self.compute_output, output_ns),
+        ):
+            d.count += 1
+            d.ns += ns
         if self.latency:
             for kind, ns in zip(
                 LATENCY_KINDS, (total_ns, queue_ns, input_ns, infer_ns, output_ns), strict=True
@@ -108,15 +101,13 @@ class ModelStats:
         b = self.batches.get(batch_size)
         if b is None:
             b = self.batches[batch_size] = BatchStats()
-        d = b.compute_input
-        d.count += 1
-        d.ns += input_ns
-        d = b.compute_infer
-        d.count += 1
-        d.ns += infer_ns
-        d = b.compute_output
-        d.count += 1
-        d.ns += output_ns
+        for d, ns in (
+            (b.compute_input, input_ns),
+            (b.compute_infer, infer_ns),
+            (b.compute_output, output_ns),
+        ):
+            d.count += 1
+            d.ns += ns
 
     def record_failure(self, total_ns: int, exc: BaseException) -> None:
         self.fail.add(total_ns)

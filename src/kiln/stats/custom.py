@@ -29,7 +29,6 @@ class CustomMetric:
         self._value = 0.0
         self.buckets = sorted(float(b) for b in buckets or ())
         self._counts = [0] * (len(self.buckets) + 1)  # the last one is +Inf
-        self._count = 0
         self.users = 0  # Metric objects holding it (model instances share a label set)
 
     def increment(self, value: float) -> None:
@@ -55,7 +54,6 @@ class CustomMetric:
             raise InvalidArgumentError(f"metric family '{self.family.name}' is not a histogram")
         with self._lock:
             self._counts[bisect.bisect_left(self.buckets, value)] += 1
-            self._count += 1
             self._value += value  # the sum
 
     def value(self) -> float:

@@ -8,8 +8,7 @@ import logging
 import grpc
 import pytest
 
-from contract_backends import ERRORS
-from kiln.errors import ErrorCode
+from kiln.errors import ErrorCode, error_class
 from kiln.grpc.servicer import STATUS, error_status
 
 EXPECTED = {
@@ -33,7 +32,7 @@ def test_the_table_maps_every_code() -> None:
 
 @pytest.mark.parametrize("code", list(ErrorCode), ids=lambda c: c.value)
 def test_each_code_becomes_its_status_code_and_message(code: ErrorCode) -> None:
-    assert error_status(ERRORS[code.value](f"{code.value} on purpose")) == (
+    assert error_status(error_class(code)(f"{code.value} on purpose")) == (
         EXPECTED[code],
         f"{code.value} on purpose",
     )

@@ -8,8 +8,7 @@ import logging
 import orjson
 import pytest
 
-from contract_backends import ERRORS
-from kiln.errors import ErrorCode
+from kiln.errors import ErrorCode, error_class
 from kiln.http.app import error_response
 from kiln.http.errors import STATUS
 
@@ -34,7 +33,7 @@ def test_the_table_maps_every_code() -> None:
 
 @pytest.mark.parametrize("code", list(ErrorCode), ids=lambda c: c.value)
 def test_each_code_becomes_its_status_and_an_error_body(code: ErrorCode) -> None:
-    response = error_response(ERRORS[code.value](f"{code.value} on purpose"))
+    response = error_response(error_class(code)(f"{code.value} on purpose"))
     assert response.status_code == EXPECTED[code]
     assert response.media_type == "application/json"
     assert orjson.loads(response.body) == {"error": f"{code.value} on purpose"}

@@ -350,11 +350,13 @@ def test_instance_pool_serves_waiters_first_come_first_served() -> None:
         newcomer = asyncio.ensure_future(take("newcomer"))  # arrives before the waiter has run
         await asyncio.gather(waiting, newcomer)
         assert order == ["waiting", "newcomer"]
-        cancelled = asyncio.ensure_future(pool.acquire())
         held = await pool.acquire()
+        cancelled = asyncio.ensure_future(pool.acquire())
+        await until(lambda: len(pool.waiters) == 1)  # really waiting in line
         cancelled.cancel()  # a waiter that goes away leaves the line
         await asyncio.gather(cancelled, return_exceptions=True)
+        assert not pool.waiters
         pool.release(held)
-        assert list(pool.free) == [0] and not pool.waiters
+        assert list(pool.free) == [0]  # not handed to the departed waiter
 
     asyncio.run(main())

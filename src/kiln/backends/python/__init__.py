@@ -26,7 +26,7 @@ from typing import Any
 from google.protobuf import json_format
 
 from kiln.backends.base import Backend, ExecutionShape
-from kiln.backends.python import pb_utils
+from kiln.backends.python import shared
 from kiln.backends.python.runner import ModelRunner
 from kiln.config import config_to_dict
 from kiln.config.schema import model_config_pb2
@@ -57,9 +57,9 @@ class PythonBackend(Backend):
             )
         self.isolation = isolation
         if self.context.caller is not None:
-            pb_utils._state["caller"] = self.context.caller
+            shared.state["caller"] = self.context.caller
         if self.context.metrics is not None:
-            pb_utils._state["metrics"] = self.context.metrics
+            shared.state["metrics"] = self.context.metrics
         instance = {
             "model_instance_kind": self.context.kind,
             "model_instance_name": self.context.instance_name,

@@ -15,23 +15,6 @@ from kiln.types import InferRequest, InferResponse, InputTensor, OutputTensor, R
 
 SHM_THRESHOLD = 64 * 1024
 
-_ERROR_CLASSES: dict[errors.ErrorCode, type[errors.KilnError]] = {
-    cls.code: cls
-    for cls in (
-        errors.InvalidArgumentError,
-        errors.NotFoundError,
-        errors.UnavailableError,
-        errors.AlreadyExistsError,
-        errors.UnimplementedError,
-        errors.PermissionDeniedError,
-        errors.ResourceExhaustedError,
-        errors.DeadlineExceededError,
-        errors.CancelledError,
-        errors.FailedPreconditionError,
-        errors.InternalError,
-    )
-}
-
 
 def pack_array(array: np.ndarray) -> tuple[Any, ...]:
     if array.dtype.kind == "O" or array.nbytes < SHM_THRESHOLD:
@@ -87,7 +70,7 @@ def pack_error(error: BaseException) -> tuple[str, str]:
 
 def unpack_error(packed: tuple[str, str]) -> errors.KilnError:
     code, message = packed
-    return _ERROR_CLASSES.get(errors.ErrorCode(code), errors.InternalError)(message)
+    return errors.error_class(errors.ErrorCode(code))(message)
 
 
 def pack_request(request: InferRequest, feeds: dict[str, np.ndarray] | None = None) -> dict[str, Any]:

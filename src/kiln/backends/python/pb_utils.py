@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from kiln.backends.python.shared import TritonError, TritonModelException, current, state
+from kiln.backends.python.shared import TritonError, TritonModelException, state
 from kiln.errors import KilnError
 from kiln.types import InferRequest, InputTensor, RequestedOutput, datatypes
 
@@ -25,8 +25,6 @@ TRITONSERVER_REQUEST_FLAG_SEQUENCE_END = 2
 TRITONSERVER_REQUEST_RELEASE_RESCHEDULE = 2
 
 _log = logging.getLogger("kiln.python_model")
-_state = state  # the names runner/worker/backend use
-_current = current
 
 
 class Tensor:
@@ -196,7 +194,7 @@ class InferenceRequest:
 
 
 def _caller() -> Any:
-    caller = _state["caller"]
+    caller = state["caller"]
     if caller is None:
         raise TritonModelException("BLS calls need a running Kiln server")
     return caller

@@ -108,7 +108,14 @@ class WorkerProcess:
             work.request.cancellation.on_cancel(lambda rid=request_id: self._send(("cancel", rid)))
             fields = ipc.pack_request(work.request, work.feeds)
             items.append((request_id, fields, list(work.outputs)))
-        self._job("execute", items, self.execute_timeout_s or None)
+        try:
+            self._job("execute", items, self.execute_timeout_s or None)
+        except UnavailableError:
+            # the worker died or hung with this batch: its inputs' shared-memory blocks may never be unlinked
+            for _, fields, _ in items:
+                for *_, packed in fields["inputs"]:
+                    ipc.discard_array(packed)
+            raise
 
     def _job(self, kind: str, payload: Any, timeout: float | None) -> Any:
         batch_id = next(self._ids)

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from kiln.backends.python import pb_utils
+from kiln.backends.python import pb_utils, shared
 from kiln.errors import InternalError, InvalidArgumentError, KilnError, ModelLoadError
 from kiln.types import InferRequest
 
@@ -104,8 +104,8 @@ class ModelRunner:
 
     def call(self, fn: Any, *args: Any) -> Any:
         """Run a model method; an ``async def`` one on this instance's own event loop."""
-        previous = getattr(pb_utils._current, "model", None)
-        pb_utils._current.model = (self.name, self.version)
+        previous = getattr(shared.current, "model", None)
+        shared.current.model = (self.name, self.version)
         try:
             result = fn(*args)
             if inspect.isawaitable(result):
@@ -114,7 +114,7 @@ class ModelRunner:
                 result = self._loop.run_until_complete(result)
             return result
         finally:
-            pb_utils._current.model = previous
+            shared.current.model = previous
 
     def execute(self, works: Sequence[Request]) -> None:
         """Run ``execute(requests)`` and answer each request: from its return value, or (decoupled models, or

@@ -16,7 +16,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from kiln.backends.python import ipc, pb_utils
+from kiln.backends.python import ipc, shared
 from kiln.backends.python.runner import ModelRunner
 from kiln.errors import InternalError, KilnError
 from kiln.types import InferRequest, InferResponse
@@ -180,8 +180,8 @@ class _Work:
 def main(fd: int) -> None:
     conn = Connection(fd)
     channel = Channel(conn)
-    pb_utils._state["caller"] = RemoteCaller(channel)
-    pb_utils._state["metrics"] = RemoteMetrics(channel)
+    shared.state["caller"] = RemoteCaller(channel)
+    shared.state["metrics"] = RemoteMetrics(channel)
     cancelled: set[int] = set()
     jobs: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
     runner: ModelRunner | None = None
