@@ -7,6 +7,7 @@ import queue
 from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import TYPE_CHECKING
 
+from kiln.config.schema import model_config_pb2
 from kiln.errors import InternalError, KilnError, UnavailableError
 from kiln.types import InferRequest, InferResponse
 
@@ -60,6 +61,9 @@ class CoreCaller:
             return self.core.model_ready(name, version)
         except KilnError:
             return False
+
+    def config_sync(self, name: str, version: str = "") -> model_config_pb2.ModelConfig:
+        return self.core.model_config(name, version)
 
     def stream_sync(self, request: InferRequest) -> Iterator[InferResponse]:
         """Responses as they come, to a worker thread (a thread-safe queue between the loop and the caller)."""

@@ -137,7 +137,7 @@ class Core:
             raise
         finally:
             admitted.release()
-        admitted.record_success(returned_at)
+        response.durations = admitted.record_success(returned_at)
         return response
 
     async def stream(self, request: InferRequest) -> AsyncIterator[InferResponse]:
@@ -263,19 +263,19 @@ class _Admitted:
         self.stats.pending -= 1
         self.status.leave()
 
-    def record_success(self, returned_at: int) -> None:
+    def record_success(self, returned_at: int) -> tuple[int, int, int, int]:
         """Triton's split: compute_input includes the checks before queueing, compute_output the response
-        building after the backend returned."""
+        building after the backend returned. Returns the four durations (queue, input, infer, output)."""
         end = time.perf_counter_ns()
         b = self.work.timing or Batch(self.prepared.batch_size)
-        self.stats.record_success(
-            end - self.start_ns,
+        durations = (
             b.queue_ns,
             self.prepared_ns - self.start_ns + b.input_ns,
             b.infer_ns,
             b.output_ns + end - returned_at,
-            self.prepared.batch_size,
         )
+        self.stats.record_success(end - self.start_ns, *durations, self.prepared.batch_size)
+        return durations
 
 
 def _fail_on_rejection(task: asyncio.Task[None], work: Work) -> None:

@@ -25,6 +25,7 @@ _REGISTRY: dict[str, BackendSpec] = {
     ),
     "openvino": BackendSpec("kiln.backends.openvino", "OpenVinoBackend", ("openvino",), ("model.xml",)),
     "python": BackendSpec("kiln.backends.python", "PythonBackend", (), ("model.py",)),
+    "ensemble": BackendSpec("kiln.backends.ensemble", "EnsembleBackend", ("ensemble",)),
 }
 # Known to Triton, not (yet) served by Kiln: refused with a clear message instead of a vague failure.
 _NOT_YET = {
@@ -32,9 +33,8 @@ _NOT_YET = {
     "tensorflow_graphdef": "tensorflow",
     "tensorflow_savedmodel": "tensorflow",
     "pytorch_libtorch": "pytorch",
-    "ensemble": "ensemble",
 }
-_NOT_YET_BACKENDS = {"tensorrt", "tensorflow", "pytorch", "ensemble", "fil", "dali"}
+_NOT_YET_BACKENDS = {"tensorrt", "tensorflow", "pytorch", "fil", "dali"}
 
 
 def register_backend(name: str, spec: BackendSpec) -> None:

@@ -60,6 +60,10 @@ class ModelCaller(Protocol):
 
     def ready_sync(self, name: str, version: str = "") -> bool: ...
 
+    def config_sync(self, name: str, version: str = "") -> model_config_pb2.ModelConfig:
+        """The completed config of a ready model version (raises a KilnError when there is none)."""
+        ...
+
 
 @dataclass(frozen=True)
 class BackendContext:
@@ -85,6 +89,8 @@ class Backend(ABC):
     shape: ClassVar[ExecutionShape] = ExecutionShape.BATCHED
     #: the ``platform`` written into the completed config ("" for backends Triton names by ``backend`` only)
     config_platform: ClassVar[str] = ""
+    #: False for models without instances of their own (ensembles): ``instance_group`` is refused
+    has_instances: ClassVar[bool] = True
 
     def __init__(
         self, config: model_config_pb2.ModelConfig, model_path: Path, context: BackendContext

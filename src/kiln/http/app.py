@@ -110,9 +110,7 @@ def create_app(core: Core, options: HttpOptions | None = None) -> ASGIApp:
         if not isinstance(ready, bool):
             raise InvalidArgumentError("'ready' must be true or false")
         rows = core.index(ready_only=ready)
-        return json_response(
-            [{"name": r.name, "version": r.version, "state": r.state, "reason": r.reason} for r in rows]
-        )
+        return json_response([codec.index_row(r) for r in rows])
 
     async def statistics(request: Request) -> Response:
         name = request.path_params.get("model", "")

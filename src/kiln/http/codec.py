@@ -11,6 +11,7 @@ import numpy as np
 import orjson
 
 from kiln.errors import InvalidArgumentError
+from kiln.lifecycle.state import IndexEntry
 from kiln.stats import STAT_DURATIONS, Duration, ModelStats
 from kiln.types import InferRequest, InferResponse, InputTensor, RequestedOutput, datatypes, tensors
 
@@ -244,3 +245,12 @@ def statistics_to_json(stats: ModelStats) -> dict[str, Any]:
 
 def _duration(d: Duration) -> dict[str, int]:
     return {"count": d.count, "ns": d.ns}
+
+
+def index_row(row: IndexEntry) -> dict[str, Any]:
+    """One repository-index row as Triton writes it, plus Kiln's ``composing_models`` (an ensemble's steps,
+    a model's declared BLS targets) where there are any."""
+    out: dict[str, Any] = {"name": row.name, "version": row.version, "state": row.state, "reason": row.reason}
+    if row.composing:
+        out["composing_models"] = list(row.composing)
+    return out

@@ -13,7 +13,8 @@ from kiln.errors import KilnError
 from kiln.lifecycle.state import LifecycleOptions, ModelState, VersionStatus
 from kiln.model import Model
 from kiln.model.warmup import run_warmup
-from kiln.scheduling import make_scheduler
+from kiln.scheduling import Batch, Scheduler, make_scheduler
+from kiln.scheduling.ensemble import EnsembleScheduler
 from kiln.stats import ModelStats
 
 log = logging.getLogger("kiln.lifecycle.manager")
@@ -63,13 +64,16 @@ async def load_version(
         log.exception("failed to load model '%s' version %d", name, version)
         return status
     stats = ModelStats.create(name, str(version), options.latency)
-    scheduler = make_scheduler(
-        model.config,
-        model,
-        len(model.backends),
-        executor,
-        lambda b: stats.record_execution(b.size, b.input_ns, b.infer_ns, b.output_ns),
-    )
+
+    def on_execution(b: Batch) -> None:
+        stats.record_execution(b.size, b.input_ns, b.infer_ns, b.output_ns)
+
+    scheduler: Scheduler
+    if model.ensemble is not None and caller is not None:
+        types = {n: spec.datatype for n, spec in model.inputs.items()}
+        scheduler = EnsembleScheduler(model.ensemble, types, caller, on_execution)
+    else:
+        scheduler = make_scheduler(model.config, model, len(model.backends), executor, on_execution)
     await scheduler.start()
     status.model, status.stats, status.scheduler = model, stats, scheduler
     status.state = ModelState.READY

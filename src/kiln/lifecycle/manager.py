@@ -13,15 +13,18 @@ import logging
 import tempfile
 from collections.abc import Mapping
 from concurrent.futures import Executor
+from contextvars import ContextVar
 from pathlib import Path
 
 from kiln.backends import ModelCaller, backend_name
 from kiln.config import parse_config_json
+from kiln.config.ensemble import is_ensemble, step_models
 from kiln.config.schema import model_config_pb2
 from kiln.errors import (
     FailedPreconditionError,
     InvalidArgumentError,
     KilnError,
+    ModelConfigError,
     NotFoundError,
     UnavailableError,
 )
@@ -39,6 +42,9 @@ from kiln.lifecycle.uploads import check_model_name, decode_file_overrides, writ
 from kiln.repository import ModelRepository
 
 log = logging.getLogger(__name__)
+
+# the ensembles whose loads led to the load running now (a cycle of ensembles is refused)
+_LOADING: ContextVar[tuple[str, ...]] = ContextVar("kiln_loading_chain", default=())
 
 
 class ModelManager:
@@ -66,6 +72,8 @@ class ModelManager:
         else:
             names = list(found)
         for name in names:
+            if name in self.models:
+                continue  # loaded already, as a step of an ensemble listed before it
             if name not in found:
                 self.models[name] = ModelEntry(name, reason=f"model '{name}' is not in the model repository")
                 log.error("--load-model %s: no such model in the repository", name)
@@ -269,6 +277,8 @@ class ModelManager:
             versions = self.repository.versions(model_dir, config)
             if not versions:
                 raise NotFoundError(f"model '{name}' has no version directory to load")
+            if is_ensemble(config):
+                await self._load_steps(name, config)
         except KilnError as e:
             entry.state, entry.reason = ModelState.UNAVAILABLE, e.message
             log.error("failed to load model '%s': %s", name, e.message)
@@ -292,6 +302,29 @@ class ModelManager:
         if not ready:
             entry.reason = "; ".join(f"version {v.version}: {v.reason}" for v in entry.versions.values())
         return entry
+
+    async def _load_steps(self, name: str, config: model_config_pb2.ModelConfig) -> None:
+        """Before an ensemble: load the step models it needs that are not loaded yet (as Triton does, in every
+        control mode), refusing a cycle of ensembles."""
+        chain = (*_LOADING.get(), name)
+        found: dict[str, Path] | None = None
+        for step in step_models(config):
+            if step in chain:
+                raise ModelConfigError(
+                    f"circular dependency between ensembles: {' -> '.join((*chain, step))}"
+                )
+            entry = self.models.get(step)
+            if entry is not None and entry.state is ModelState.READY:
+                continue
+            found = self.repository.scan() if found is None else found
+            if step not in found:
+                continue  # the ensemble's load then says the step is not available
+            token = _LOADING.set(chain)
+            try:
+                log.info("loading model '%s' (a step of ensemble '%s')", step, name)
+                await self._load_from(step, found[step], None)
+            finally:
+                _LOADING.reset(token)
 
     async def _load_version(
         self,
@@ -367,7 +400,8 @@ class ModelManager:
                 health = status.model.health() if status.model is not None else None
                 if health is not None and status.state is ModelState.READY:
                     state, reason = ModelState.UNAVAILABLE.value, health
-                rows.append(IndexEntry(name, str(v), state, reason))
+                composing = tuple(status.model.dependencies) if status.model is not None else ()
+                rows.append(IndexEntry(name, str(v), state, reason, composing))
         if ready_only:
             rows = [r for r in rows if r.state == ModelState.READY.value]
         return rows

@@ -80,3 +80,4 @@ class IndexEntry:
     version: str
     state: str
     reason: str
+    composing: tuple[str, ...] = ()  # the models this version calls (an ensemble's steps, BLS targets)

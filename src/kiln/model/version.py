@@ -69,6 +69,7 @@ class Model:
         self.batched = self.backend.shape is ExecutionShape.BATCHED
         self.decoupled = config.model_transaction_policy.decoupled
         self.dependencies = list(self.backend.dependencies())
+        self.ensemble = getattr(self.backend, "plan", None)  # an ensemble's graph (kiln.config.ensemble)
         self.max_batch_size = config.max_batch_size
         self.inputs = {e.name: _spec(e) for e in config.input}
         self.outputs = {e.name: _spec(e, labels.get(e.name, ())) for e in config.output}
@@ -91,7 +92,7 @@ class Model:
         config = _copy(config)
         klass = backend_class(backend_name)
         # the fields Triton fills in its completed config, so clients reading it see the same
-        if not config.backend:
+        if not config.backend and klass.has_instances:  # Triton leaves an ensemble's backend empty
             config.backend = klass.name
         if not config.platform and klass.config_platform:
             config.platform = klass.config_platform
@@ -102,14 +103,22 @@ class Model:
         path = model_dir / str(version) / config.default_model_filename
         if not path.exists():
             raise ModelLoadError(f"model '{config.name}' version {version}: {path} does not exist")
-        if not config.instance_group:
-            config.instance_group.add(count=1, kind=KIND_CPU)
-        for index, group in enumerate(config.instance_group):
-            if not group.name:
-                group.name = f"{config.name}_{index}"
-            if not group.count:
-                group.count = 1
-        contexts = instance_contexts(config, klass, cpu_count, caller, auto_complete, metrics)
+        if klass.has_instances:
+            if not config.instance_group:
+                config.instance_group.add(count=1, kind=KIND_CPU)
+            for index, group in enumerate(config.instance_group):
+                if not group.name:
+                    group.name = f"{config.name}_{index}"
+                if not group.count:
+                    group.count = 1
+            contexts = instance_contexts(config, klass, cpu_count, caller, auto_complete, metrics)
+        elif config.instance_group:
+            raise ModelConfigError(
+                f"model '{config.name}': instance_group is not allowed for a '{klass.name}' model (it has no "
+                f"instances of its own)"
+            )
+        else:
+            contexts = [BackendContext(caller=caller, auto_complete=auto_complete, metrics=metrics)]
         first = klass(config, path, contexts[0])
         first.load()
         try:

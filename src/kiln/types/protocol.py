@@ -108,6 +108,9 @@ class InferResponse:
     parameters: dict[str, Any] = field(default_factory=dict)
     final: bool = True  # the last response for its request (decoupled models send several)
     error: BaseException | None = None  # a decoupled model's error response that does not end the stream
+    #: where the server spent the request's time (queue, compute input, compute infer, compute output, in ns),
+    #: set on the last response; an ensemble adds its steps' up for its own statistics, as Triton does
+    durations: tuple[int, int, int, int] | None = None
 
 
 @dataclass(frozen=True)
