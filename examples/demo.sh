@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# `make demo`: prepare the three pretrained models into a repository, serve it with `kiln serve`, run the three
-# clients on real images, and leave the PNGs and the printed results in $DEMO_DIR (build/demo).
+# `make demo`: prepare the three pretrained models and their server-side pipelines (ensembles) into a repository,
+# serve it with `kiln serve`, run the three clients on real images (client-side pre-/post-processing, then the
+# same through the pipelines), compare the two, and leave the PNGs and the printed results in $DEMO_DIR.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,7 +17,8 @@ mkdir -p "$DEMO_DIR"
 for task in classification detection segmentation; do
   "$PY" "examples/$task/prepare.py" "$REPO" >/dev/null
 done
-echo "prepared efficientnet_lite0, layout_detector, text_segmenter in $REPO"
+echo "prepared efficientnet_lite0, layout_detector, text_segmenter and the pipelines classify_image, detect_layout,"
+echo "segment_text in $REPO"
 
 "$PY" -m kiln serve --model-repository "$REPO" --http-port "$HTTP_PORT" --grpc-port "$GRPC_PORT" \
   --metrics-port "$METRICS_PORT" >"$DEMO_DIR/server.log" 2>&1 &
@@ -51,5 +53,12 @@ echo "kiln serve is ready on 127.0.0.1:$HTTP_PORT (HTTP) and :$GRPC_PORT (gRPC);
   "$PY" examples/detection/client.py -i grpc -u "127.0.0.1:$GRPC_PORT" -o "$DEMO_DIR" skimage:page
   echo "== segmentation (HTTP): PP-OCRv4 DB text probability"
   "$PY" examples/segmentation/client.py -u "127.0.0.1:$HTTP_PORT" -o "$DEMO_DIR" skimage:text skimage:page
+  echo "== the same three tasks server-side: image bytes to the ensembles, results back"
+  "$PY" examples/classification/client.py -u "127.0.0.1:$HTTP_PORT" -c 5 --pipeline skimage:chelsea
+  "$PY" examples/detection/client.py -i grpc -u "127.0.0.1:$GRPC_PORT" -o "$DEMO_DIR/pipeline" --pipeline \
+    skimage:page
+  "$PY" examples/segmentation/client.py -u "127.0.0.1:$HTTP_PORT" -o "$DEMO_DIR/pipeline" --pipeline skimage:text
+  echo "== client-side vs server-side, same images"
+  "$PY" examples/pipelines.py -u "127.0.0.1:$HTTP_PORT"
 } | tee "$DEMO_DIR/results.txt"
 echo "results: $DEMO_DIR/results.txt and $DEMO_DIR/*.png"

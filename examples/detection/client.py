@@ -1,12 +1,14 @@
 """Detect document-layout regions (text, title, figure, table, ...) with a model served by ``kiln serve``.
 
     python examples/detection/client.py [-m layout_detector] [-t 0.5] [--iou 0.5] [--stretch]
-        [-i http|grpc] [-u URL] [-o OUT_DIR] IMAGE...
+        [--pipeline] [-i http|grpc] [-u URL] [-o OUT_DIR] IMAGE...
 
 Each IMAGE is a file or ``skimage:NAME`` (``skimage:page``). The image is letterboxed (or, with
 ``--stretch``, resized) to the model's 800x608 input and ImageNet-normalised; the PicoDet outputs are decoded
 into boxes, filtered by score, reduced by per-class NMS, mapped back onto the original image and drawn there;
 the result is written to ``OUT_DIR/<image>_detections.png`` and each box printed.
+With ``--pipeline``, the encoded image goes to the server-side pipeline (the ``detect_layout`` ensemble), which does
+all of that in the server and returns the boxes.
 """
 
 from __future__ import annotations
@@ -17,11 +19,13 @@ from pathlib import Path
 
 import numpy as np
 
-from kiln.vision import Scaling, fit, read, save_png, scale, to_nchw
+from kiln.vision import read, save_png
 from kiln.vision.cli import client_parser, output_path, run
-from kiln.vision.detection import Detection, decode_picodet, draw_detections, multiclass_nms
+from kiln.vision.detection import Detection, draw_detections
+from kiln.vision.images import encoded
 from kiln.vision.remote import Remote
-from kiln.vision.zoo import DETECTOR, DETECTOR_SIZE, DETECTOR_STRIDES
+from kiln.vision.tasks import detection_input, detection_output
+from kiln.vision.zoo import DETECT_PIPELINE, DETECTOR, DETECTOR_STRIDES
 
 
 def read_labels(path: Path | None) -> list[str]:
@@ -44,22 +48,33 @@ def detect(
     letterbox: bool = True,
 ) -> list[Detection]:
     """The detections in ``image`` (``(H, W, 3)`` uint8), best first, in the image's coordinates."""
-    resized, placement = fit(image, DETECTOR_SIZE, letterbox=letterbox, fill=255)
-    batch = to_nchw([scale(resized, Scaling.IMAGENET)])
+    batch, placement = detection_input(image, letterbox=letterbox)
     names = [f"{kind}_s{s}" for kind in ("scores", "boxes") for s in DETECTOR_STRIDES]
     out = remote.infer(model, {"image": batch}, names)
-    scores = [out[f"scores_s{s}"][0] for s in DETECTOR_STRIDES]
-    distributions = [out[f"boxes_s{s}"][0] for s in DETECTOR_STRIDES]
-    boxes, class_scores = decode_picodet(scores, distributions, DETECTOR_SIZE, DETECTOR_STRIDES)
-    if class_scores.shape[1] != len(labels):
-        raise ValueError(
-            f"the model scores {class_scores.shape[1]} classes but there are {len(labels)} labels"
-        )
-    kept = multiclass_nms(boxes, class_scores, score_threshold=score_threshold, iou_threshold=iou_threshold)
-    mapped = placement.boxes_to_source(boxes[[i for i, _, _ in kept]]) if kept else np.zeros((0, 4))
+    return detection_output(out, placement, labels, score_threshold, iou_threshold)
+
+
+def detect_server_side(
+    remote: Remote,
+    image: str,
+    *,
+    pipeline: str = DETECT_PIPELINE,
+    score_threshold: float = 0.5,
+    iou_threshold: float = 0.5,
+) -> list[Detection]:
+    """The same, with pre- and post-processing in the server: the encoded image goes to the ``pipeline``
+    ensemble, the thresholds as request parameters; boxes, scores, classes and labels come back."""
+    out = remote.infer(
+        pipeline,
+        {"IMAGE": np.array([encoded(image)], dtype=np.object_)},
+        ["BOXES", "SCORES", "CLASSES", "LABELS"],
+        parameters={"score_threshold": score_threshold, "iou_threshold": iou_threshold},
+    )
     return [
-        Detection(tuple(float(v) for v in box), score, c, labels[c])  # type: ignore[arg-type]
-        for box, (_, score, c) in zip(mapped, kept, strict=True)
+        Detection(tuple(float(v) for v in box), float(score), int(c), label.decode())  # type: ignore[arg-type]
+        for box, score, c, label in zip(
+            out["BOXES"], out["SCORES"], out["CLASSES"], out["LABELS"], strict=True
+        )
     ]
 
 
@@ -68,15 +83,21 @@ def detect_and_draw(args: argparse.Namespace) -> None:
     with Remote(args.url, args.protocol) as remote:
         for name in args.images:
             image = read(name)
-            found = detect(
-                remote,
-                image,
-                labels,
-                model=args.model,
-                score_threshold=args.score_threshold,
-                iou_threshold=args.iou,
-                letterbox=not args.stretch,
-            )
+            if args.pipeline:
+                found = detect_server_side(
+                    remote, name, pipeline=args.model, score_threshold=args.score_threshold,
+                    iou_threshold=args.iou,
+                )  # fmt: skip
+            else:
+                found = detect(
+                    remote,
+                    image,
+                    labels,
+                    model=args.model,
+                    score_threshold=args.score_threshold,
+                    iou_threshold=args.iou,
+                    letterbox=not args.stretch,
+                )
             path = save_png(draw_detections(image, found), output_path(args.output_dir, name, "detections"))
             print(f"Image '{name}': {len(found)} detections -> {path}")
             for d in found:
@@ -89,7 +110,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--iou", type=float, default=0.5, help="NMS IoU threshold")
     p.add_argument("--stretch", action="store_true", help="resize without keeping the aspect ratio")
     p.add_argument("--labels", type=Path, help="labels file (default: the installed model's class names)")
+    p.add_argument(
+        "--pipeline", action="store_true",
+        help=f"send the encoded image to a server-side pipeline (-m then defaults to {DETECT_PIPELINE})",
+    )  # fmt: skip
     args = p.parse_args(argv)
+    if args.pipeline and args.model == DETECTOR:
+        args.model = DETECT_PIPELINE
+    if args.pipeline and args.stretch:
+        p.error("--stretch is the client-side pre-processing's; the pipeline letterboxes")
     return run(lambda: detect_and_draw(args))
 
 

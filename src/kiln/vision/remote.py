@@ -32,16 +32,24 @@ class Remote:
         inputs: Mapping[str, np.ndarray],
         outputs: Sequence[str],
         class_count: int = 0,
+        parameters: Mapping[str, Any] | None = None,
     ) -> dict[str, np.ndarray]:
-        """Run ``model`` on FP32 ``inputs``; returns the named ``outputs`` (top-``class_count``
-        ``score:index:label`` strings through the classification extension when ``class_count > 0``)."""
+        """Run ``model`` on ``inputs`` (FP32 arrays, or object arrays of bytes sent as BYTES); returns the named
+        ``outputs`` (top-``class_count`` ``score:index:label`` strings through the classification extension
+        when ``class_count > 0``). ``parameters``: the request's own (an ensemble hands them to its steps)."""
         tensors = []
         for name, array in inputs.items():
-            tensor = self.module.InferInput(name, list(array.shape), "FP32")
-            tensor.set_data_from_numpy(np.ascontiguousarray(array, np.float32))
+            if array.dtype == np.object_:
+                tensor = self.module.InferInput(name, list(array.shape), "BYTES")
+                tensor.set_data_from_numpy(array)
+            else:
+                tensor = self.module.InferInput(name, list(array.shape), "FP32")
+                tensor.set_data_from_numpy(np.ascontiguousarray(array, np.float32))
             tensors.append(tensor)
         requested = [self.module.InferRequestedOutput(n, class_count=class_count) for n in outputs]
-        result = self.client.infer(model, tensors, outputs=requested)
+        result = self.client.infer(
+            model, tensors, outputs=requested, parameters=dict(parameters or {}) or None
+        )
         return {n: result.as_numpy(n) for n in outputs}
 
     def close(self) -> None:

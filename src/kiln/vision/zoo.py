@@ -211,7 +211,165 @@ def write_segmenter(repo: Path) -> Path:
     return model_dir
 
 
+# -- the three tasks as server-side pipelines (ensembles): image bytes in, results out ------------------------
+CLASSIFY_PIPELINE = "classify_image"
+DETECT_PIPELINE = "detect_layout"
+SEGMENT_PIPELINE = "segment_text"
+
+_IMAGE_INPUT = 'input [ { name: "IMAGE" data_type: TYPE_STRING dims: [ 1 ] } ]\n'
+_PLACEMENT = '{ name: "PLACEMENT" data_type: TYPE_FP64 dims: [ 8 ] }'
+
+
+def _write_step(repo: Path, step: str, config: str) -> Path:
+    """A Python-backend model running :mod:`kiln.vision.steps` step ``step``."""
+    from kiln.vision.steps import model_py
+
+    model_dir = repo / step
+    (model_dir / "1").mkdir(parents=True, exist_ok=True)
+    (model_dir / "1" / "model.py").write_text(model_py(step))
+    (model_dir / "config.pbtxt").write_text(f'name: "{step}"\nbackend: "python"\n{config}')
+    return model_dir
+
+
+def _map(pairs: dict[str, str]) -> str:
+    return ", ".join(f'{{ key: "{k}" value: "{v}" }}' for k, v in pairs.items())
+
+
+def _write_ensemble(
+    repo: Path, name: str, config: str, steps: list[tuple[str, dict[str, str], dict[str, str]]]
+) -> Path:
+    body = ",\n".join(
+        f'    {{ model_name: "{model}" model_version: -1\n      input_map [ {_map(ins)} ]\n'
+        f"      output_map [ {_map(outs)} ] }}"
+        for model, ins, outs in steps
+    )
+    model_dir = repo / name
+    (model_dir / "1").mkdir(parents=True, exist_ok=True)  # an ensemble's version folder stays empty
+    (model_dir / "config.pbtxt").write_text(
+        f'name: "{name}"\nplatform: "ensemble"\n{config}ensemble_scheduling {{\n  step [\n{body}\n  ]\n}}\n'
+    )
+    return model_dir
+
+
+def write_classification_pipeline(repo: Path) -> Path:
+    """``classify_image``: ``IMAGE`` [batch, 1] encoded image bytes -> ``probabilities`` [batch, 1000] with the
+    ImageNet labels, so the classification extension (``class_count``) returns the top-k labels. Steps:
+    ``classification_preprocess`` (Python) -> ``efficientnet_lite0`` (ONNX)."""
+    _write_step(
+        repo,
+        "classification_preprocess",
+        "max_batch_size: 8\n" + _IMAGE_INPUT
+        + f'output [ {{ name: "input" data_type: TYPE_FP32 dims: [ 3, {CLASSIFIER_SIZE}, {CLASSIFIER_SIZE} ] }} ]\n',
+    )  # fmt: skip
+    model_dir = _write_ensemble(
+        repo,
+        CLASSIFY_PIPELINE,
+        "max_batch_size: 8\n" + _IMAGE_INPUT
+        + 'output [ { name: "probabilities" data_type: TYPE_FP32 dims: [ 1000 ] label_filename: "labels.txt" } ]\n',
+        [
+            ("classification_preprocess", {"IMAGE": "IMAGE"}, {"input": "preprocessed"}),
+            (CLASSIFIER, {"input": "preprocessed"}, {"probabilities": "probabilities"}),
+        ],
+    )  # fmt: skip
+    (model_dir / "labels.txt").write_text("\n".join(imagenet_labels()) + "\n", encoding="utf-8")
+    return model_dir
+
+
+def write_detection_pipeline(repo: Path) -> Path:
+    """``detect_layout``: ``IMAGE`` [1] encoded image bytes -> ``BOXES`` [n, 4] (in the image's pixels),
+    ``SCORES`` [n], ``CLASSES`` [n], ``LABELS`` [n]. Steps: ``detection_preprocess`` (Python, letterbox) ->
+    ``layout_detector`` (ONNX) -> ``detection_postprocess`` (Python: box decoding, NMS, back to the image); the
+    preprocessing's ``PLACEMENT`` goes straight to the postprocessing."""
+    h, w = DETECTOR_SIZE
+    levels = [f"{kind}_s{s}" for kind in ("scores", "boxes") for s in DETECTOR_STRIDES]
+    cells = {s: -(-h // s) * -(-w // s) for s in DETECTOR_STRIDES}
+    labels = layout_labels()
+    width = {"scores": len(labels), "boxes": 32}
+    level_inputs = ", ".join(
+        f'{{ name: "{kind}_s{s}" data_type: TYPE_FP32 dims: [ 1, {cells[s]}, {width[kind]} ] }}'
+        for kind in ("scores", "boxes")
+        for s in DETECTOR_STRIDES
+    )
+    results = (
+        'output [ { name: "BOXES" data_type: TYPE_FP32 dims: [ -1, 4 ] }, '
+        '{ name: "SCORES" data_type: TYPE_FP32 dims: [ -1 ] }, { name: "CLASSES" data_type: TYPE_INT32 dims: [ -1 ] }, '
+        '{ name: "LABELS" data_type: TYPE_STRING dims: [ -1 ] } ]\n'
+    )
+    _write_step(
+        repo,
+        "detection_preprocess",
+        "max_batch_size: 0\n" + _IMAGE_INPUT
+        + f'output [ {{ name: "image" data_type: TYPE_FP32 dims: [ 1, 3, {h}, {w} ] }}, {_PLACEMENT} ]\n',
+    )  # fmt: skip
+    post = _write_step(
+        repo, "detection_postprocess", f"max_batch_size: 0\ninput [ {level_inputs}, {_PLACEMENT} ]\n{results}"
+    )
+    (post / "labels.txt").write_text("\n".join(labels) + "\n", encoding="utf-8")
+    return _write_ensemble(
+        repo,
+        DETECT_PIPELINE,
+        "max_batch_size: 0\n" + _IMAGE_INPUT + results,
+        [
+            ("detection_preprocess", {"IMAGE": "IMAGE"}, {"image": "image", "PLACEMENT": "placement"}),
+            (DETECTOR, {"image": "image"}, {n: n for n in levels}),
+            (
+                "detection_postprocess",
+                {**{n: n for n in levels}, "PLACEMENT": "placement"},
+                {n: n for n in ("BOXES", "SCORES", "CLASSES", "LABELS")},
+            ),
+        ],
+    )
+
+
+def write_segmentation_pipeline(repo: Path) -> Path:
+    """``segment_text``: ``IMAGE`` [1] encoded image bytes -> ``PROBABILITY`` [h, w] that each pixel of the
+    image is text, and ``MASK`` [h, w] (BOOL, probability > 0.3, or the request's ``text_threshold``). Steps:
+    ``segmentation_preprocess`` (Python) -> ``text_segmenter`` (ONNX) -> ``segmentation_postprocess`` (Python)."""
+    results = (
+        'output [ { name: "PROBABILITY" data_type: TYPE_FP32 dims: [ -1, -1 ] }, '
+        '{ name: "MASK" data_type: TYPE_BOOL dims: [ -1, -1 ] } ]\n'
+    )
+    _write_step(
+        repo,
+        "segmentation_preprocess",
+        "max_batch_size: 0\n" + _IMAGE_INPUT
+        + f'output [ {{ name: "image" data_type: TYPE_FP32 dims: [ 1, 3, -1, -1 ] }}, {_PLACEMENT} ]\n',
+    )  # fmt: skip
+    _write_step(
+        repo,
+        "segmentation_postprocess",
+        'max_batch_size: 0\ninput [ { name: "probability" data_type: TYPE_FP32 dims: [ 1, 1, -1, -1 ] }, '
+        f"{_PLACEMENT} ]\n{results}",
+    )
+    return _write_ensemble(
+        repo,
+        SEGMENT_PIPELINE,
+        "max_batch_size: 0\n" + _IMAGE_INPUT + results,
+        [
+            ("segmentation_preprocess", {"IMAGE": "IMAGE"}, {"image": "image", "PLACEMENT": "placement"}),
+            (SEGMENTER, {"image": "image"}, {"probability": "probability"}),
+            ("segmentation_postprocess", {"probability": "probability", "PLACEMENT": "placement"},
+             {"PROBABILITY": "PROBABILITY", "MASK": "MASK"}),
+        ],
+    )  # fmt: skip
+
+
+def pipelines_available() -> bool:
+    """Whether every model of the three pipelines can be written here (the ``examples`` extra and the two
+    wheels ``make setup`` adds)."""
+    return classifier_available() and all(
+        importlib.util.find_spec(m) is not None for m in ("rapid_layout", "rapidocr_onnxruntime", "PIL")
+    )
+
+
 def write_all(repo: Path) -> list[Path]:
-    """All three models into ``repo``."""
+    """All three models into ``repo``, and the three pipelines over them."""
     repo.mkdir(parents=True, exist_ok=True)
-    return [write_classifier(repo), write_detector(repo), write_segmenter(repo)]
+    return [
+        write_classifier(repo),
+        write_detector(repo),
+        write_segmenter(repo),
+        write_classification_pipeline(repo),
+        write_detection_pipeline(repo),
+        write_segmentation_pipeline(repo),
+    ]
