@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from kiln.vision import Scaling, read, save_png
-from kiln.vision.cli import client_parser, output_path, run
+from kiln.vision.cli import client_parser, output_path, parse_client_args, run
 from kiln.vision.detection import caption
 from kiln.vision.images import encoded
 from kiln.vision.remote import Remote
@@ -116,13 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-s", "--scaling", type=str.upper, choices=[s.value for s in Scaling], default="INCEPTION")
     p.add_argument("-c", "--classes", type=int, default=5, help="how many top classes to return")
     p.add_argument("-b", "--batch-size", type=int, default=8, help="images per request")
-    p.add_argument(
-        "--pipeline", action="store_true",
-        help=f"send the encoded images to a server-side pipeline (-m then defaults to {CLASSIFY_PIPELINE})",
-    )  # fmt: skip
-    args = p.parse_args(argv)
-    if args.pipeline and args.model == CLASSIFIER:
-        args.model = CLASSIFY_PIPELINE
+    args = parse_client_args(p, argv, CLASSIFIER, CLASSIFY_PIPELINE)
     return run(lambda: classify_and_print(args))
 
 

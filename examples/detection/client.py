@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from kiln.vision import read, save_png
-from kiln.vision.cli import client_parser, output_path, run
+from kiln.vision.cli import client_parser, output_path, parse_client_args, run
 from kiln.vision.detection import Detection, draw_detections
 from kiln.vision.images import encoded
 from kiln.vision.remote import Remote
@@ -110,13 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--iou", type=float, default=0.5, help="NMS IoU threshold")
     p.add_argument("--stretch", action="store_true", help="resize without keeping the aspect ratio")
     p.add_argument("--labels", type=Path, help="labels file (default: the installed model's class names)")
-    p.add_argument(
-        "--pipeline", action="store_true",
-        help=f"send the encoded image to a server-side pipeline (-m then defaults to {DETECT_PIPELINE})",
-    )  # fmt: skip
-    args = p.parse_args(argv)
-    if args.pipeline and args.model == DETECTOR:
-        args.model = DETECT_PIPELINE
+    args = parse_client_args(p, argv, DETECTOR, DETECT_PIPELINE)
     if args.pipeline and args.stretch:
         p.error("--stretch is the client-side pre-processing's; the pipeline letterboxes")
     return run(lambda: detect_and_draw(args))

@@ -18,7 +18,7 @@ import sys
 import numpy as np
 
 from kiln.vision import read, save_png
-from kiln.vision.cli import client_parser, output_path, run
+from kiln.vision.cli import client_parser, output_path, parse_client_args, run
 from kiln.vision.images import encoded
 from kiln.vision.remote import Remote
 from kiln.vision.segmentation import blend, colourise
@@ -63,13 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--side", type=int, default=SEGMENTER_SIDE, help="short side of the model input (PP-OCR's 736)"
     )
-    p.add_argument(
-        "--pipeline", action="store_true",
-        help=f"send the encoded image to a server-side pipeline (-m then defaults to {SEGMENT_PIPELINE})",
-    )  # fmt: skip
-    args = p.parse_args(argv)
-    if args.pipeline and args.model == SEGMENTER:
-        args.model = SEGMENT_PIPELINE
+    args = parse_client_args(p, argv, SEGMENTER, SEGMENT_PIPELINE)
     if args.side < 32:
         p.error("--side must be at least 32")
     if args.pipeline and args.side != SEGMENTER_SIDE:

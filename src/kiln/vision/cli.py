@@ -52,6 +52,21 @@ def client_parser(
     return p
 
 
+def parse_client_args(
+    p: argparse.ArgumentParser, argv: list[str] | None, model: str, pipeline: str
+) -> argparse.Namespace:
+    """Parse a client's arguments with ``--pipeline`` added: send the encoded images to the server-side
+    pipeline ensemble instead, ``-m`` then naming ``pipeline`` unless given."""
+    p.add_argument(
+        "--pipeline", action="store_true",
+        help=f"send the encoded images to the server-side pipeline (-m then defaults to {pipeline})",
+    )  # fmt: skip
+    args = p.parse_args(argv)
+    if args.pipeline and args.model == model:
+        args.model = pipeline
+    return args
+
+
 def output_path(directory: Path, image: str, suffix: str) -> Path:
     """``directory/<image name>_<suffix>.png`` for an image argument (a path or ``skimage:NAME``)."""
     stem = image[len(SAMPLE_PREFIX) :] if image.startswith(SAMPLE_PREFIX) else Path(image).stem
