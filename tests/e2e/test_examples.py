@@ -10,6 +10,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import numpy as np
 import pytest
@@ -237,6 +238,53 @@ def test_pipelines_take_parameters_and_refuse_what_is_not_an_image(vision_server
             )  # fmt: skip
     health = httpclient.InferenceServerClient(vision_server.http_url)
     assert health.is_server_ready()
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_the_ensemble_answers_as_triton_s_ensemble_image_client_expects(
+    vision_server: KilnProcess, protocol: str
+) -> None:
+    """What Triton's ``ensemble_image_client.py`` does, step by step: one input in metadata and config, the
+    files' bytes as a [batch, 1] ``bytes`` array, every output asked for with ``class_count``, one row of
+    ``score:index:label`` per image. (The script itself ran unchanged against this ensemble: docs/ensembles.md.)"""
+    import tritonclient.grpc as grpcclient
+
+    module: Any = httpclient if protocol == "http" else grpcclient
+    url = vision_server.http_url if protocol == "http" else vision_server.grpc_url
+    client = module.InferenceServerClient(url)
+    metadata = client.get_model_metadata(zoo.CLASSIFY_PIPELINE)
+    config = client.get_model_config(zoo.CLASSIFY_PIPELINE)
+    if protocol == "grpc":
+        inputs, outputs, max_batch = (
+            metadata.inputs,
+            [o.name for o in metadata.outputs],
+            config.config.max_batch_size,
+        )
+        assert len(config.config.input) == 1
+        name = inputs[0].name
+    else:
+        inputs, outputs, max_batch = (
+            metadata["inputs"],
+            [o["name"] for o in metadata["outputs"]],
+            config["max_batch_size"],
+        )
+        assert len(config["input"]) == 1
+        name = inputs[0]["name"]
+    assert len(inputs) == 1 and max_batch >= 2
+    data = np.stack([np.array([png_bytes(n)], dtype=bytes) for n in ("chelsea", "coffee")], axis=0)
+    tensor = module.InferInput(name, data.shape, "BYTES")
+    if protocol == "http":
+        tensor.set_data_from_numpy(data, binary_data=True)
+        requested = [module.InferRequestedOutput(o, binary_data=True, class_count=3) for o in outputs]
+    else:
+        tensor.set_data_from_numpy(data)
+        requested = [module.InferRequestedOutput(o, class_count=3) for o in outputs]
+    result = client.infer(zoo.CLASSIFY_PIPELINE, [tensor], outputs=requested)
+    rows = result.as_numpy(outputs[0])
+    assert rows.shape == (2, 3)
+    cat = "".join(chr(x) for x in rows[0][0]).split(":")
+    assert int(cat[1]) in (TABBY, TIGER_CAT, EGYPTIAN_CAT)
+    assert rows[1][0].decode().split(":")[1:] == [str(ESPRESSO), "espresso"]
 
 
 def png_bytes(name: str) -> bytes:
