@@ -167,6 +167,8 @@ def _check_step(
     if spec.model_name == config.name:
         raise ModelConfigError(f"{where}: an ensemble cannot call itself")
     where = f"ensemble '{config.name}' step {index} (model '{spec.model_name}')"
+    if spec.model_namespace:
+        raise ModelConfigError(f"{where}: model_namespace is not supported by Kiln (it has no namespaces)")
     if spec.model_version < -1 or spec.model_version == 0:
         raise ModelConfigError(f"{where}: model_version must be -1 (latest) or a version number")
     version = "" if spec.model_version == -1 else str(spec.model_version)

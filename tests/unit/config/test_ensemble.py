@@ -132,6 +132,10 @@ def test_a_valid_dag_is_built_with_its_consumers() -> None:
             "model_version must be -1",
         ),
         (
+            ensemble([step("small", {"X": "IN"}, {"Y": "OUT"}).replace("{", '{ model_namespace: "ns"', 1)], mbs=2),
+            "model_namespace is not supported",
+        ),
+        (
             ensemble(
                 [step("stream", {"X": "IN"}, {"Y": "p"}), step("stream", {"X": "IN"}, {"Y": "q"}),
                  step("add", {"A": "p", "B": "q"}, {"S": "OUT"})],
