@@ -220,6 +220,10 @@ _IMAGE_INPUT = 'input [ { name: "IMAGE" data_type: TYPE_STRING dims: [ 1 ] } ]\n
 _PLACEMENT = '{ name: "PLACEMENT" data_type: TYPE_FP64 dims: [ 8 ] }'
 
 
+# two instances: image decoding and resizing release the GIL, so two requests' steps run on two cores
+_STEP_INSTANCES = "instance_group [ { count: 2 kind: KIND_CPU } ]\n"
+
+
 def _write_step(repo: Path, step: str, config: str) -> Path:
     """A Python-backend model running :mod:`kiln.vision.steps` step ``step``."""
     from kiln.vision.steps import model_py
@@ -227,7 +231,7 @@ def _write_step(repo: Path, step: str, config: str) -> Path:
     model_dir = repo / step
     (model_dir / "1").mkdir(parents=True, exist_ok=True)
     (model_dir / "1" / "model.py").write_text(model_py(step))
-    (model_dir / "config.pbtxt").write_text(f'name: "{step}"\nbackend: "python"\n{config}')
+    (model_dir / "config.pbtxt").write_text(f'name: "{step}"\nbackend: "python"\n{config}{_STEP_INSTANCES}')
     return model_dir
 
 
