@@ -37,6 +37,7 @@ EXTENSIONS = [
     "model_configuration",
     "model_repository",
     "model_repository(unload_dependents)",
+    "sequence",
     "statistics",
 ]
 

@@ -74,3 +74,40 @@ def image_classifier(
         inits,
     )
     return _model(graph)
+
+
+def sequence_controls(dyna: bool = False) -> onnx.ModelProto:
+    """A stateless sequence model with control inputs, as Triton's quick-start ``simple_sequence`` (``dyna``:
+    ``simple_dyna_sequence``). INPUT, START, READY (and END, CORRID UINT64) are ``[batch, 1]`` INT32;
+    OUTPUT = READY * (INPUT + START) (``dyna``: + END * CORRID)."""
+    ints = [
+        helper.make_tensor_value_info(n, TensorProto.INT32, ["batch", 1]) for n in ("INPUT", "START", "READY")
+    ]
+    nodes = [helper.make_node("Add", ["INPUT", "START"], ["sum"])]
+    total = "sum"
+    if dyna:
+        ints.append(helper.make_tensor_value_info("END", TensorProto.INT32, ["batch", 1]))
+        ints.append(helper.make_tensor_value_info("CORRID", TensorProto.UINT64, ["batch", 1]))
+        nodes += [
+            helper.make_node("Cast", ["CORRID"], ["corrid"], to=TensorProto.INT32),
+            helper.make_node("Mul", ["END", "corrid"], ["end_corrid"]),
+            helper.make_node("Add", ["sum", "end_corrid"], ["total"]),
+        ]
+        total = "total"
+    nodes.append(helper.make_node("Mul", ["READY", total], ["OUTPUT"]))
+    out = helper.make_tensor_value_info("OUTPUT", TensorProto.INT32, ["batch", 1])
+    return _model(
+        helper.make_graph(nodes, "simple_dyna_sequence" if dyna else "simple_sequence", ints, [out])
+    )
+
+
+def accumulator() -> onnx.ModelProto:
+    """A running sum kept in implicit state: OUTPUT = ACC_IN + INPUT and ACC_OUT = OUTPUT, all ``[batch, 1]``
+    FP32; the sequence batcher feeds ACC_OUT back as the next request's ACC_IN."""
+    ins = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", 1]) for n in ("INPUT", "ACC_IN")]
+    outs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", 1]) for n in ("OUTPUT", "ACC_OUT")]
+    nodes = [
+        helper.make_node("Add", ["ACC_IN", "INPUT"], ["OUTPUT"]),
+        helper.make_node("Identity", ["OUTPUT"], ["ACC_OUT"]),
+    ]
+    return _model(helper.make_graph(nodes, "accumulator", ins, outs))

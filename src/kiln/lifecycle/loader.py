@@ -15,6 +15,7 @@ from kiln.model import Model
 from kiln.model.warmup import run_warmup
 from kiln.scheduling import Batch, Scheduler, make_scheduler
 from kiln.scheduling.ensemble import EnsembleScheduler
+from kiln.scheduling.sequence import SequenceBatcher
 from kiln.stats import ModelStats
 
 log = logging.getLogger("kiln.lifecycle.manager")
@@ -72,6 +73,10 @@ async def load_version(
     if model.ensemble is not None and caller is not None:
         types = {n: spec.datatype for n, spec in model.inputs.items()}
         scheduler = EnsembleScheduler(model.ensemble, types, caller, on_execution)
+    elif model.sequence is not None:
+        scheduler = SequenceBatcher(
+            model, len(model.backends), executor, on_execution, model.sequence, name, model.max_batch_size
+        )
     else:
         scheduler = make_scheduler(model.config, model, len(model.backends), executor, on_execution)
     await scheduler.start()

@@ -12,8 +12,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from kiln.backends import Backend, BackendContext, ExecutionShape, ModelCaller, backend_class
-from kiln.config import autocomplete, validate, validate_declared
+from kiln.config import ModelIO, autocomplete, validate, validate_declared
 from kiln.config.schema import model_config_pb2
+from kiln.config.sequence import SequenceOptions, sequence_options
 from kiln.errors import InternalError, InvalidArgumentError, KilnError, ModelConfigError, ModelLoadError
 from kiln.model.instances import KIND_CPU, instance_contexts
 from kiln.types import InferRequest, InferResponse, OutputTensor, RequestedOutput, TensorMetadata, datatypes
@@ -70,6 +71,7 @@ class Model:
         self.decoupled = config.model_transaction_policy.decoupled
         self.dependencies = list(self.backend.dependencies())
         self.ensemble = getattr(self.backend, "plan", None)  # an ensemble's graph (kiln.config.ensemble)
+        self.sequence: SequenceOptions | None = None  # sequence batching: controls and implicit state
         self.max_batch_size = config.max_batch_size
         self.inputs = {e.name: _spec(e) for e in config.input}
         self.outputs = {e.name: _spec(e, labels.get(e.name, ())) for e in config.output}
@@ -119,10 +121,13 @@ class Model:
             )
         else:
             contexts = [BackendContext(caller=caller, auto_complete=auto_complete, metrics=metrics)]
+        sequence = sequence_options(config, model_dir)
         first = klass(config, path, contexts[0])
         first.load()
         try:
             signature = first.signature()
+            if signature is not None and sequence is not None:
+                signature = _without_sequence_tensors(config, sequence, *signature)
             if signature is None:  # no readable signature: the config alone describes the model
                 validate_declared(config)
             else:
@@ -130,12 +135,18 @@ class Model:
                     autocomplete(config, *signature, default_max_batch_size)
                 validate(config, *signature)
             _check_transaction_policy(config, klass)
+            if sequence is not None and config.model_transaction_policy.decoupled:
+                raise ModelConfigError(
+                    f"model '{config.name}': sequence batching of a decoupled model is not implemented in Kiln yet"
+                )
             labels = {e.name: _read_labels(model_dir, e) for e in config.output if e.label_filename}
         except BaseException:
             first.unload()
             raise
         backends = [first, *load_instances(klass, config, path, contexts[1:])]
-        return cls(config, version, backends, labels)
+        model = cls(config, version, backends, labels)
+        model.sequence = sequence
+        return model
 
     # -- metadata ------------------------------------------------------------------------------------------
     def metadata_tensors(self, kind: str) -> list[TensorMetadata]:
@@ -330,6 +341,38 @@ def load_instances(
                 backend.unload()
         raise failed
     return backends
+
+
+def _without_sequence_tensors(
+    config: model_config_pb2.ModelConfig,
+    sequence: SequenceOptions,
+    inputs: list[ModelIO],
+    outputs: list[ModelIO],
+) -> tuple[list[ModelIO], list[ModelIO]]:
+    """The model file's inputs/outputs less the control and state tensors the sequence batcher provides (they
+    are not in the config's input list), after checking that each exists in the model with its datatype."""
+    by_input = {io.name: io for io in inputs}
+    by_output = {io.name: io for io in outputs}
+    expected = [(c.name, c.datatype, "control", by_input) for c in sequence.controls]
+    expected += [(s.input_name, s.datatype, "state input", by_input) for s in sequence.states]
+    expected += [(s.output_name, s.datatype, "state output", by_output) for s in sequence.states]
+    for name, datatype, what, ios in expected:
+        io = ios.get(name)
+        if io is None:
+            raise ModelConfigError(
+                f"model '{config.name}': sequence {what} '{name}' is not in the model file"
+            )
+        if io.datatype != datatype:
+            raise ModelConfigError(
+                f"model '{config.name}': sequence {what} '{name}' is {datatype.name} in the config but "
+                f"{io.datatype.name} in the model file"
+            )
+    listed = {e.name for e in config.output}
+    provided = sequence.provided_inputs
+    return (
+        [io for io in inputs if io.name not in provided],
+        [io for io in outputs if io.name not in sequence.state_outputs or io.name in listed],
+    )
 
 
 def _check_transaction_policy(config: model_config_pb2.ModelConfig, klass: type[Backend]) -> None:
