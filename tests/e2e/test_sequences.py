@@ -4,6 +4,8 @@ implicit state, idle timeouts, Triton's errors, over HTTP, unary gRPC and gRPC s
 from __future__ import annotations
 
 import queue
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -16,6 +18,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
+from kiln.examples import vad
 from sequence_repos import build_sequence_repository
 from servers import KilnProcess
 
@@ -208,3 +211,27 @@ def test_a_sequence_model_whose_controls_are_missing_fails_its_load(tmp_path: Pa
     with KilnProcess([tmp_path], "--strict-readiness", "false", log_dir=tmp_path) as proc:
         rows = httpclient.InferenceServerClient(proc.http_url).get_model_repository_index()
     assert "sequence control 'GO' is not in the model file" in rows[0]["reason"]
+
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+@pytest.mark.skipif(not vad.available(), reason="needs silero-vad (make setup installs it)")
+@pytest.mark.parametrize(("protocol", "streams"), [("grpc", 4), ("http", 1)])
+def test_silero_vad_streams_equal_the_model_run_in_process(
+    server: KilnProcess, protocol: str, streams: int
+) -> None:
+    """Raw audio chunks under one sequence id per stream; the server threads the model's recurrent state and
+    context; every probability equals the shipped model run in process with the state threaded by hand."""
+    http = httpclient.InferenceServerClient(server.http_url)
+    url = server.grpc_url if protocol == "grpc" else server.http_url
+    out = subprocess.run(
+        [sys.executable, str(EXAMPLES / "vad" / "client.py"), "-i", protocol, "-u", url, "-n", str(streams)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
+    lines = [line for line in out.stdout.splitlines() if line.startswith("stream ")]
+    assert len(lines) == streams and all("same as in process" in line for line in lines), out.stdout
+    if streams > 1:  # the oldest strategy batched the concurrent streams
+        stats = http.get_inference_statistics("silero_vad")["model_stats"][0]
+        assert any(b["batch_size"] > 1 for b in stats["batch_stats"]), stats["batch_stats"]
