@@ -26,6 +26,7 @@ from kiln.lifecycle import IndexEntry, LifecycleOptions, ModelEntry, ModelManage
 from kiln.model import Model, PreparedRequest
 from kiln.repository import ModelRepository
 from kiln.scheduling import Batch, ResponseSender, Scheduler, Work
+from kiln.shm import SharedMemoryRegistry
 from kiln.stats import ModelStats
 from kiln.types import InferRequest, InferResponse, ModelMetadata, ServerMetadata
 
@@ -39,6 +40,7 @@ EXTENSIONS = [
     "model_repository(unload_dependents)",
     "sequence",
     "statistics",
+    "system_shared_memory",
 ]
 
 
@@ -55,6 +57,7 @@ class Core:
         self.executor = ThreadPoolExecutor(self.options.executor_threads, thread_name_prefix="kiln-exec")
         self.caller = CoreCaller(self)  # the infer callable handed to backends (BLS, ensembles)
         self.manager = ModelManager(repository, self.options.lifecycle, self.executor, self.caller)
+        self.shared_memory = SharedMemoryRegistry()  # the system shared memory extension's regions
         self.live = True
 
     # -- lifecycle -----------------------------------------------------------------------------------------
@@ -67,6 +70,7 @@ class Core:
 
     async def close(self) -> None:
         await self.manager.close()
+        self.shared_memory.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
 
     async def load_model(self, name: str, parameters: Mapping[str, object] | None = None) -> None:
@@ -123,6 +127,17 @@ class Core:
     async def infer(self, request: InferRequest) -> InferResponse:
         """One request, one response (HTTP, unary gRPC, BLS). A decoupled model is refused: it may answer with
         any number of responses, which only a stream can carry."""
+        binding = self.shared_memory.bind(request)
+        if binding is not None:
+            try:
+                response = await self._infer(request)
+                binding.write(response)
+                return response
+            finally:
+                binding.release()
+        return await self._infer(request)
+
+    async def _infer(self, request: InferRequest) -> InferResponse:
         admitted = self._admit(request, streaming=False)
         work = admitted.work
         try:
@@ -149,6 +164,17 @@ class Core:
         if not model.decoupled:
             yield await self.infer(request)
             return
+        binding = self.shared_memory.bind(request)
+        try:
+            async for response in self._stream(request):
+                if binding is not None:
+                    binding.write(response)  # each response overwrites the region, as in Triton
+                yield response
+        finally:
+            if binding is not None:
+                binding.release()
+
+    async def _stream(self, request: InferRequest) -> AsyncIterator[InferResponse]:
         admitted = self._admit(request, streaming=True)
         model, work, prepared = admitted.model, admitted.work, admitted.prepared
         submitted = asyncio.ensure_future(admitted.scheduler.submit(work))
@@ -202,7 +228,6 @@ class Core:
         status.enter()
         try:
             bind_reserved_parameters(request)
-            _refuse_unsupported_parameters(request)
             prepared = model.prepare(request)
         except BaseException as e:
             stats.pending -= 1
@@ -320,14 +345,3 @@ def _uint(value: Any, key: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise InvalidArgumentError(f"request parameter '{key}' must be an unsigned integer, got {value!r}")
     return value
-
-
-def _refuse_unsupported_parameters(request: InferRequest) -> None:
-    for tensor in request.inputs:
-        if "shared_memory_region" in tensor.parameters:
-            raise UnimplementedError(
-                "shared-memory tensors are not supported by Kiln yet; send the data inline"
-            )
-    for out in request.outputs or ():
-        if "shared_memory_region" in out.parameters:
-            raise UnimplementedError("shared-memory outputs are not supported by Kiln yet")

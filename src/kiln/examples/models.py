@@ -111,3 +111,19 @@ def accumulator() -> onnx.ModelProto:
         helper.make_node("Identity", ["OUTPUT"], ["ACC_OUT"]),
     ]
     return _model(helper.make_graph(nodes, "accumulator", ins, outs))
+
+
+def string_add_sub(dims: list[int | str]) -> onnx.ModelProto:
+    """Triton's ``simple_string``: INPUT0/INPUT1 are numbers written as strings (BYTES); OUTPUT0/OUTPUT1 their
+    sum and difference, as strings."""
+    ins = [helper.make_tensor_value_info(f"INPUT{i}", TensorProto.STRING, dims) for i in (0, 1)]
+    outs = [helper.make_tensor_value_info(f"OUTPUT{i}", TensorProto.STRING, dims) for i in (0, 1)]
+    nodes = [
+        helper.make_node("Cast", ["INPUT0"], ["a"], to=TensorProto.INT32),
+        helper.make_node("Cast", ["INPUT1"], ["b"], to=TensorProto.INT32),
+        helper.make_node("Add", ["a", "b"], ["sum"]),
+        helper.make_node("Sub", ["a", "b"], ["difference"]),
+        helper.make_node("Cast", ["sum"], ["OUTPUT0"], to=TensorProto.STRING),
+        helper.make_node("Cast", ["difference"], ["OUTPUT1"], to=TensorProto.STRING),
+    ]
+    return _model(helper.make_graph(nodes, "simple_string", ins, outs))

@@ -112,7 +112,8 @@ def infer_response_to_pb(response: InferResponse, final_flag: bool = False) -> s
         pb.parameters["triton_final_response"].bool_param = response.final
     for out in response.outputs:
         pb.outputs.add(name=out.name, datatype=out.datatype.name, shape=list(out.shape))
-        pb.raw_output_contents.append(tensors.to_raw(out.datatype, out.data))
+        # an output written to shared memory keeps its place with empty contents, as Triton does
+        pb.raw_output_contents.append(b"" if out.shared_memory else tensors.to_raw(out.datatype, out.data))
     return pb
 
 

@@ -12,9 +12,10 @@ import grpc
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from kiln.core import Core
-from kiln.errors import ErrorCode, InvalidArgumentError, KilnError
+from kiln.errors import ErrorCode, InvalidArgumentError, KilnError, NotFoundError
 from kiln.grpc import converters
 from kiln.restricted import NO_RESTRICTIONS, Restrictions
+from kiln.shm import refuse_cuda
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +126,42 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     async def ModelStatistics(self, request: Any, context: Any) -> service_pb2.ModelStatisticsResponse:
         return converters.statistics_to_pb(self.core.statistics(request.name, request.version))
 
+    # -- the shared memory extension (system; CUDA only where there is a GPU) -----------------------------
+    @guarded("shared-memory")
+    async def SystemSharedMemoryStatus(self, request: Any, context: Any) -> Any:
+        status = service_pb2.SystemSharedMemoryStatusResponse
+        regions = self.core.shared_memory.status(request.name)
+        return status(
+            regions={
+                r.name: status.RegionStatus(name=r.name, key=r.key, offset=r.offset, byte_size=r.byte_size)
+                for r in regions
+            }
+        )
+
+    @guarded("shared-memory")
+    async def SystemSharedMemoryRegister(self, request: Any, context: Any) -> Any:
+        self.core.shared_memory.register(request.name, request.key, request.offset, request.byte_size)
+        return service_pb2.SystemSharedMemoryRegisterResponse()
+
+    @guarded("shared-memory")
+    async def SystemSharedMemoryUnregister(self, request: Any, context: Any) -> Any:
+        self.core.shared_memory.unregister(request.name)
+        return service_pb2.SystemSharedMemoryUnregisterResponse()
+
+    @guarded("shared-memory")
+    async def CudaSharedMemoryStatus(self, request: Any, context: Any) -> Any:
+        if request.name:
+            raise NotFoundError(f"Unable to find cuda shared memory region: '{request.name}'")
+        return service_pb2.CudaSharedMemoryStatusResponse()  # none: no GPU
+
+    @guarded("shared-memory")
+    async def CudaSharedMemoryRegister(self, request: Any, context: Any) -> Any:
+        refuse_cuda()
+
+    @guarded("shared-memory")
+    async def CudaSharedMemoryUnregister(self, request: Any, context: Any) -> Any:
+        return service_pb2.CudaSharedMemoryUnregisterResponse()  # nothing registered: nothing to do
+
     @guarded("model-repository")
     async def RepositoryIndex(self, request: Any, context: Any) -> service_pb2.RepositoryIndexResponse:
         entry = service_pb2.RepositoryIndexResponse.ModelIndex
@@ -205,12 +242,6 @@ def _not_implemented(method: str, what: str) -> Method:
 
 
 for _method, _what in {
-    "SystemSharedMemoryStatus": "system shared memory",
-    "SystemSharedMemoryRegister": "system shared memory",
-    "SystemSharedMemoryUnregister": "system shared memory",
-    "CudaSharedMemoryStatus": "CUDA shared memory",
-    "CudaSharedMemoryRegister": "CUDA shared memory",
-    "CudaSharedMemoryUnregister": "CUDA shared memory",
     "TraceSetting": "the trace extension",
     "LogSettings": "the logging extension",
 }.items():

@@ -16,12 +16,13 @@ from starlette.routing import Route
 
 from kiln.config import config_to_dict
 from kiln.core import Core
-from kiln.errors import InvalidArgumentError
+from kiln.errors import InvalidArgumentError, NotFoundError
 from kiln.http import codec
 from kiln.http.errors import error_payload
 from kiln.http.infer import ASGIApp, InferEndpoint, with_fast_infer
 from kiln.http.infer import read_body as read_asgi_body
 from kiln.restricted import NO_RESTRICTIONS, Restrictions
+from kiln.shm import refuse_cuda
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +131,42 @@ def create_app(core: Core, options: HttpOptions | None = None) -> ASGIApp:
         await core.unload_model(request.path_params["model"], params)
         return json_response({})
 
+    async def shm_status(request: Request) -> Response:
+        regions = core.shared_memory.status(request.path_params.get("region", ""))
+        return json_response(
+            [{"name": r.name, "key": r.key, "offset": r.offset, "byte_size": r.byte_size} for r in regions]
+        )
+
+    async def shm_register(request: Request) -> Response:
+        doc = codec.parse_json(
+            await read_body(request, options.max_input_bytes), "shared memory register request"
+        )
+        if not isinstance(doc, dict):
+            raise InvalidArgumentError("a shared memory register request must be a JSON object")
+        for key in ("key", "byte_size"):
+            if key not in doc:
+                raise InvalidArgumentError(f"Shared memory register request has no '{key}' field")
+        name = request.path_params["region"]
+        core.shared_memory.register(name, doc["key"], doc.get("offset", 0), doc["byte_size"])
+        return json_response({})
+
+    async def shm_unregister(request: Request) -> Response:
+        core.shared_memory.unregister(request.path_params.get("region", ""))
+        return json_response({})
+
+    async def cuda_status(request: Request) -> Response:
+        if request.path_params.get("region"):
+            raise NotFoundError(
+                f"Unable to find cuda shared memory region: '{request.path_params['region']}'"
+            )
+        return json_response([])  # no GPU: none registered
+
+    async def cuda_register(request: Request) -> Response:
+        refuse_cuda()
+
+    async def cuda_unregister(request: Request) -> Response:
+        return json_response({})  # nothing registered: nothing to do
+
     def guard(fn: Handler, api: str) -> Handler:
         return guarded(fn, api, options.restrictions)
 
@@ -147,6 +184,18 @@ def create_app(core: Core, options: HttpOptions | None = None) -> ASGIApp:
         Route("/v2/repository/models/{model}/load", guard(load, "model-repository"), methods=["POST"]),
         Route("/v2/repository/models/{model}/unload", guard(unload, "model-repository"), methods=["POST"]),
     ]
+    for kind, (status, register, unregister) in {
+        "system": (shm_status, shm_register, shm_unregister),
+        "cuda": (cuda_status, cuda_register, cuda_unregister),
+    }.items():
+        base = f"/v2/{kind}sharedmemory"
+        routes += [
+            Route(base + "/status", guard(status, "shared-memory"), methods=["GET"]),
+            Route(base + "/region/{region}/status", guard(status, "shared-memory"), methods=["GET"]),
+            Route(base + "/region/{region}/register", guard(register, "shared-memory"), methods=["POST"]),
+            Route(base + "/unregister", guard(unregister, "shared-memory"), methods=["POST"]),
+            Route(base + "/region/{region}/unregister", guard(unregister, "shared-memory"), methods=["POST"]),
+        ]
     for prefix in (model, versioned):
         routes += [
             Route(prefix, guard(model_metadata, "metadata"), methods=["GET"]),

@@ -155,7 +155,9 @@ def encode_infer_response(response: InferResponse, binary: BinaryChoice) -> tupl
     chunks: list[bytes | memoryview] = []
     for out in response.outputs:
         entry: dict[str, Any] = {"name": out.name, "datatype": out.datatype.name, "shape": list(out.shape)}
-        if binary.binary(out.name):
+        if out.shared_memory:
+            pass  # written into the client's region: name, datatype and shape only, as Triton answers
+        elif binary.binary(out.name):
             raw = tensors.raw_view(out.datatype, out.data)
             entry["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)

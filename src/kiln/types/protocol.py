@@ -97,6 +97,7 @@ class OutputTensor:
     datatype: DataType
     shape: tuple[int, ...]
     data: np.ndarray
+    shared_memory: bool = False  # written into the client's shared-memory region: no data on the wire
 
 
 @dataclass
