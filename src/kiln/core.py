@@ -47,6 +47,7 @@ EXTENSIONS = [
 @dataclass(frozen=True)
 class CoreOptions:
     strict_readiness: bool = True
+    server_name: str = "triton"  # Triton's clients check server metadata's name; Kiln's version stays Kiln's
     executor_threads: int = 32
     lifecycle: LifecycleOptions = field(default_factory=LifecycleOptions)
 
@@ -94,7 +95,7 @@ class Core:
         return True
 
     def server_metadata(self) -> ServerMetadata:
-        return ServerMetadata("kiln", kiln.__version__, list(EXTENSIONS))
+        return ServerMetadata(self.options.server_name, kiln.__version__, list(EXTENSIONS))
 
     def get_model(self, name: str, version: str = "") -> Model:
         return self.manager.resolve(name, version).model  # type: ignore[return-value]

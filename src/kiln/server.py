@@ -44,6 +44,7 @@ class ServerOptions:
     allow_metrics: bool = True
     exit_on_error: bool = False
     strict_readiness: bool = True
+    server_name: str = "triton"  # what server metadata answers as its name (Triton's clients check it)
     auto_complete: bool = True
     default_max_batch_size: int = 4
     http_max_input_bytes: int = 64 * 1024 * 1024
@@ -86,6 +87,7 @@ async def serve(options: ServerOptions, stop: asyncio.Event | None = None) -> No
         repository,
         CoreOptions(
             strict_readiness=options.strict_readiness,
+            server_name=options.server_name,
             lifecycle=LifecycleOptions(
                 mode=ControlMode(options.model_control_mode),
                 startup_models=tuple(options.load_models),

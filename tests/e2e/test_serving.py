@@ -6,6 +6,7 @@ import asyncio
 import json
 import queue
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,6 +17,7 @@ import tritonclient.http as httpclient
 import tritonclient.http.aio as httpaio
 from google.protobuf.json_format import MessageToDict
 
+import kiln
 from repos import DTYPES
 from servers import KilnProcess
 
@@ -64,6 +66,15 @@ def test_health_and_server_metadata(server: KilnProcess, transport: str) -> None
     md = c.get_server_metadata()
     extensions = md["extensions"] if transport == "http" else list(md.extensions)
     assert {"classification", "binary_tensor_data", "model_configuration", "statistics"} <= set(extensions)
+    # Triton's clients check the name; the version is Kiln's own
+    name, version = (md["name"], md["version"]) if transport == "http" else (md.name, md.version)
+    assert name == "triton" and version == kiln.__version__
+
+
+def test_server_name_flag(tmp_path: Path) -> None:
+    (tmp_path / "repo").mkdir()
+    with KilnProcess([tmp_path / "repo"], "--server-name", "kiln", log_dir=tmp_path) as proc:
+        assert httpclient.InferenceServerClient(proc.http_url).get_server_metadata()["name"] == "kiln"
 
 
 @pytest.mark.parametrize(("transport", "binary"), [("http", True), ("http", False), ("grpc", True)])

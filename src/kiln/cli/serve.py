@@ -54,6 +54,13 @@ def add_parser(sub: Any) -> None:
         help="exit if any model fails to load (default false: failed models are reported, the rest serve)",
     )
     p.add_argument(
+        "--server-name",
+        default="triton",
+        metavar="NAME",
+        help="the name server metadata answers (default 'triton', as Triton's clients expect; the version is "
+        "Kiln's own)",
+    )
+    p.add_argument(
         "--strict-readiness",
         type=_bool,
         default=True,
@@ -177,6 +184,7 @@ def run(args: argparse.Namespace) -> int:
         allow_metrics=args.allow_metrics,
         exit_on_error=args.exit_on_error,
         strict_readiness=args.strict_readiness,
+        server_name=args.server_name,
         auto_complete=not args.disable_auto_complete_config,
         default_max_batch_size=args.default_max_batch_size,
         http_max_input_bytes=args.http_max_input_size,
