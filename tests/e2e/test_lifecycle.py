@@ -287,4 +287,9 @@ def test_load_and_unload_parameters_are_checked_once_for_both_transports(repo: P
                 service_pb2_grpc.GRPCInferenceServiceStub(channel).RepositoryModelLoad(request, timeout=10)
         assert rpc_err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "'config' must be the model config as a JSON string" in rpc_err.value.details()
+        assert rpc_err.value.details().startswith(
+            "failed to load 'alpha'"
+        )  # the prefix Triton's clients match
+        with pytest.raises(InferenceServerException, match="failed to load 'alpha': config override"):
+            httpclient.InferenceServerClient(server.http_url).load_model("alpha", config="{not json")
         assert grpcclient.InferenceServerClient(server.grpc_url).is_model_ready("alpha")

@@ -27,6 +27,7 @@ from kiln.errors import (
     ModelConfigError,
     NotFoundError,
     UnavailableError,
+    error_class,
 )
 from kiln.lifecycle.fingerprints import directory_fingerprint, shared_fingerprint, version_fingerprint
 from kiln.lifecycle.loader import free_version, load_version
@@ -127,8 +128,17 @@ class ModelManager:
 
     async def load(self, name: str, parameters: Mapping[str, object] | None = None) -> ModelEntry:
         """The repository API's load: (re)load ``name`` from the repository, or from the files sent.
-        ``parameters``: the request's, as decoded by a transport: ``config`` (JSON text) and ``file:<path>``."""
+        ``parameters``: the request's, as decoded by a transport: ``config`` (JSON text) and ``file:<path>``.
+        Every failure says ``failed to load '<name>'`` first, as Triton's does (clients match on it)."""
         self._check_mode()
+        try:
+            return await self._load(name, parameters)
+        except KilnError as e:
+            if e.message.startswith("failed to load"):
+                raise
+            raise error_class(e.code)(f"failed to load '{name}': {e.message}") from None
+
+    async def _load(self, name: str, parameters: Mapping[str, object] | None) -> ModelEntry:
         check_model_name(name)
         parameters = parameters or {}
         config_json = parameters.get("config")
