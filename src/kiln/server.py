@@ -21,7 +21,7 @@ from kiln.core import Core, CoreOptions
 from kiln.errors import KilnError
 from kiln.grpc.servicer import InferenceServicer
 from kiln.http.app import HttpOptions, create_app
-from kiln.lifecycle import ControlMode, LifecycleOptions
+from kiln.lifecycle import ControlMode, LifecycleOptions, ModelState
 from kiln.repository import ModelRepository
 from kiln.restricted import Restrictions
 from kiln.stats.custom import CustomMetrics
@@ -104,15 +104,37 @@ async def serve(options: ServerOptions, stop: asyncio.Event | None = None) -> No
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
+    # every port first: a busy one is one clear line before any model loads (and before gRPC's own log)
+    sockets = _bind_ports(options)
     try:
         await core.start()
         failed = core.failed_models()
         if failed and options.exit_on_error:
             names = ", ".join(f"{e.name} ({e.reason or 'version failed'})" for e in failed)
             raise StartupError(f"models failed to load and --exit-on-error is set: {names}")
-        await _run_servers(core, options, stop, http_restrictions, grpc_restrictions)
+        await _run_servers(core, options, stop, http_restrictions, grpc_restrictions, sockets)
     finally:
+        for sock in sockets.values():
+            sock.close()
         await core.close()
+
+
+def _bind_ports(options: ServerOptions) -> dict[str, socket.socket]:
+    """Listening sockets for HTTP and metrics (handed to uvicorn later); the gRPC port is only checked here (gRPC
+    binds its own): a busy port is a StartupError naming it."""
+    sockets: dict[str, socket.socket] = {}
+    try:
+        if options.allow_http:
+            sockets["http"] = bind_socket(options.host, options.http_port, "HTTP")
+        if options.allow_metrics:
+            sockets["metrics"] = bind_socket(options.host, options.metrics_port, "metrics")
+        if options.allow_grpc:
+            bind_socket(options.host, options.grpc_port, "gRPC").close()
+    except BaseException:
+        for sock in sockets.values():
+            sock.close()
+        raise
+    return sockets
 
 
 async def _run_servers(
@@ -121,6 +143,7 @@ async def _run_servers(
     stop: asyncio.Event,
     http_restrictions: Restrictions,
     grpc_restrictions: Restrictions,
+    sockets: dict[str, socket.socket],
 ) -> None:
     grpc_server = None
     servers: list[_Uvicorn] = []
@@ -164,8 +187,7 @@ async def _run_servers(
             )
             http_server = _Uvicorn(config)
             servers.append(http_server)
-            sock = bind_socket(options.host, options.http_port, "HTTP")
-            tasks.append(asyncio.create_task(http_server.serve(sockets=[sock])))
+            tasks.append(asyncio.create_task(http_server.serve(sockets=[sockets["http"]])))
             log.info("HTTP server listening on %s:%d", options.host, options.http_port)
         if options.allow_metrics:
             metrics_server = _Uvicorn(
@@ -178,10 +200,16 @@ async def _run_servers(
                 )
             )
             servers.append(metrics_server)
-            sock = bind_socket(options.host, options.metrics_port, "metrics")
-            tasks.append(asyncio.create_task(metrics_server.serve(sockets=[sock])))
+            tasks.append(asyncio.create_task(metrics_server.serve(sockets=[sockets["metrics"]])))
             log.info("metrics server listening on %s:%d/metrics", options.host, options.metrics_port)
-        log.info("Kiln is serving %d model(s)", len(core.manager.models))
+        entries = core.manager.loaded()
+        ready = sum(1 for e in entries if e.state is ModelState.READY)
+        log.info(
+            "Kiln is serving %d model(s): %d ready, %d failed to load",
+            len(entries),
+            ready,
+            len(entries) - ready,
+        )
         await stop.wait()
         log.info("shutting down: no new requests, draining in-flight ones")
     finally:

@@ -321,3 +321,13 @@ def test_statistics_and_metrics_move(server: KilnProcess, transport: str) -> Non
     line = next(x for x in text.splitlines() if x.startswith('nv_inference_request_success{model="nobatch"'))
     assert float(line.split()[-1]) >= before + 3
     assert "process_resident_memory_bytes" in text
+
+
+def test_the_startup_line_counts_ready_and_failed_models(server: KilnProcess) -> None:
+    """The session server serves the test repository and a repository of models that fail to load."""
+    import re
+
+    found = re.search(r"Kiln is serving (\d+) model\(s\): (\d+) ready, (\d+) failed to load", server.log())
+    assert found is not None, server.log()
+    total, ready, failed = map(int, found.groups())
+    assert total == ready + failed and ready > 10 and failed >= 1
