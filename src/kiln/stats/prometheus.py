@@ -13,6 +13,7 @@ from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
 from kiln.stats.counters import FAILURE_REASONS, Duration, ModelStats
+from kiln.stats.cpu import CpuCollector
 from kiln.stats.custom import CustomMetrics
 from kiln.stats.latency import LATENCY_KINDS
 
@@ -104,6 +105,7 @@ def build_registry(
 ) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(InferenceCollector(stats))
+    registry.register(CpuCollector())  # nv_cpu_utilization, nv_cpu_memory_{total,used}_bytes
     if custom is not None:
         registry.register(custom)  # type: ignore[arg-type]
     ProcessCollector(registry=registry)  # process_cpu_seconds_total, process_resident_memory_bytes, ...
