@@ -19,6 +19,7 @@ from tritonclient.grpc import service_pb2_grpc
 from kiln.backends import Backend, BackendSpec, register_backend
 from kiln.core import Core, CoreOptions
 from kiln.errors import KilnError
+from kiln.grpc.health import add_health
 from kiln.grpc.servicer import InferenceServicer
 from kiln.http.app import HttpOptions, create_app
 from kiln.lifecycle import ControlMode, LifecycleOptions, ModelState
@@ -161,6 +162,7 @@ async def _run_servers(
                 InferenceServicer(core, grpc_restrictions),
                 grpc_server,
             )
+            add_health(grpc_server, core)  # grpc.health.v1, for Kubernetes gRPC probes
             address = f"{options.host}:{options.grpc_port}"
             try:
                 grpc_server.add_insecure_port(address)
