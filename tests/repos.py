@@ -106,5 +106,5 @@ def build_broken_repository(repo: Path) -> Path:
         ' { name: "INPUT1" data_type: TYPE_FP32 dims: [ 4 ] } ]\n'
         'output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 4 ] } ]\n',
     )
-    write_model(repo, "unsupported_backend", models.add_sub([4]), 'backend: "tensorflow"\n')
+    write_model(repo, "unsupported_backend", models.add_sub([4]), 'backend: "tensorrt"\n')
     return repo

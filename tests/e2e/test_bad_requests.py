@@ -201,9 +201,9 @@ CASES = [
     Case("too-many-values", [fp32("INPUT0", [1, N], N + 1), pair()[1]], 400, "'INPUT0': got 17 values"),
     Case("no-data", [Tensor("INPUT0", "FP32", [1, N], None), pair()[1]], 400,
          "'INPUT0' has neither 'data' nor binary_data_size", grpc_message="'INPUT0': got 0 values"),
-    Case("shm-input", [Tensor(t.name, "FP32", [1, N], None, SHM) for t in pair()], 501,
-         "shared-memory tensors are not supported"),
-    Case("shm-output", pair(), 501, "shared-memory outputs are not supported", outputs=[("OUTPUT0", SHM)]),
+    Case("shm-input", [Tensor(t.name, "FP32", [1, N], None, SHM) for t in pair()], 404,
+         "Unable to find shared memory region: 'region0'"),
+    Case("shm-output", pair(), 404, "Unable to find shared memory region: 'region0'", outputs=[("OUTPUT0", SHM)]),
     Case("classify-bytes", [Tensor("INPUT0", "BYTES", [1, 1], ["a"])], 400,
          "'OUTPUT0': classification needs a numeric output, not BYTES", model="identity_bytes",
          outputs=[("OUTPUT0", {"classification": 1})]),
@@ -405,13 +405,8 @@ def test_grpc_stream_reports_errors_and_goes_on(stub: Stub) -> None:
 @pytest.mark.parametrize(
     ("method", "request_pb"),
     [
-        ("SystemSharedMemoryStatus", service_pb2.SystemSharedMemoryStatusRequest()),
-        (
-            "SystemSharedMemoryRegister",
-            service_pb2.SystemSharedMemoryRegisterRequest(name="r", key="/k", byte_size=8),
-        ),
-        ("CudaSharedMemoryRegister", service_pb2.CudaSharedMemoryRegisterRequest(name="r", byte_size=8)),
         ("TraceSetting", service_pb2.TraceSettingRequest()),
+        ("LogSettings", service_pb2.LogSettingsRequest()),
     ],
 )
 def test_grpc_unimplemented(stub: Stub, method: str, request_pb: Any) -> None:

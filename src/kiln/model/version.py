@@ -13,6 +13,7 @@ import numpy as np
 
 from kiln.backends import Backend, BackendContext, ExecutionShape, ModelCaller, backend_class
 from kiln.config import ModelIO, autocomplete, validate, validate_declared
+from kiln.config.fields import check_fields
 from kiln.config.schema import model_config_pb2
 from kiln.config.sequence import SequenceOptions, sequence_options
 from kiln.errors import InternalError, InvalidArgumentError, KilnError, ModelConfigError, ModelLoadError
@@ -92,6 +93,8 @@ class Model:
         metrics: Any = None,
     ) -> Model:
         config = _copy(config)
+        for warning in check_fields(config, backend_name):  # refuses what Kiln does not honour
+            log.warning("%s", warning)
         klass = backend_class(backend_name)
         # the fields Triton fills in its completed config, so clients reading it see the same
         if not config.backend and klass.has_instances:  # Triton leaves an ensemble's backend empty
@@ -99,7 +102,11 @@ class Model:
         if not config.platform and klass.config_platform:
             config.platform = klass.config_platform
         if not config.default_model_filename:
-            config.default_model_filename = klass.default_filename
+            # a backend with more than one file kind (TensorFlow: SavedModel or GraphDef) picks by the config
+            pick = getattr(klass, "model_filename", None)
+            config.default_model_filename = (
+                pick(config, model_dir / str(version)) if pick is not None else klass.default_filename
+            )
         if not config.HasField("version_policy"):
             config.version_policy.latest.num_versions = 1
         path = model_dir / str(version) / config.default_model_filename
