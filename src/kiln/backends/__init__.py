@@ -26,15 +26,20 @@ _REGISTRY: dict[str, BackendSpec] = {
     "openvino": BackendSpec("kiln.backends.openvino", "OpenVinoBackend", ("openvino",), ("model.xml",)),
     "python": BackendSpec("kiln.backends.python", "PythonBackend", (), ("model.py",)),
     "ensemble": BackendSpec("kiln.backends.ensemble", "EnsembleBackend", ("ensemble",)),
+    "tensorflow": BackendSpec(
+        "kiln.backends.tensorflow",
+        "TensorFlowBackend",
+        ("tensorflow_savedmodel", "tensorflow_graphdef"),
+        ("model.savedmodel", "model.graphdef"),
+    ),
+    "tflite": BackendSpec("kiln.backends.tflite", "TFLiteBackend", (), ("model.tflite",)),
+    "pytorch": BackendSpec("kiln.backends.pytorch", "PyTorchBackend", ("pytorch_libtorch",), ("model.pt",)),
 }
 # Known to Triton, not (yet) served by Kiln: refused with a clear message instead of a vague failure.
 _NOT_YET = {
     "tensorrt_plan": "tensorrt",
-    "tensorflow_graphdef": "tensorflow",
-    "tensorflow_savedmodel": "tensorflow",
-    "pytorch_libtorch": "pytorch",
 }
-_NOT_YET_BACKENDS = {"tensorrt", "tensorflow", "pytorch", "fil", "dali"}
+_NOT_YET_BACKENDS = {"tensorrt", "fil", "dali"}
 
 
 def register_backend(name: str, spec: BackendSpec) -> None:
