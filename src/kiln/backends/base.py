@@ -91,6 +91,8 @@ class Backend(ABC):
     config_platform: ClassVar[str] = ""
     #: False for models without instances of their own (ensembles): ``instance_group`` is refused
     has_instances: ClassVar[bool] = True
+    #: the config parameter that sets the CPU threads (what ``kiln bench --threads`` writes)
+    threads_parameter: ClassVar[str] = "intra_op_thread_count"
 
     def __init__(
         self, config: model_config_pb2.ModelConfig, model_path: Path, context: BackendContext

@@ -66,6 +66,7 @@ class TensorFlowBackend(Backend):
     platform = SAVEDMODEL  # per instance: the format loaded (metadata reports it)
     config_platform = ""  # two platforms: load() fills the one the model file is
     default_filename = _FILES[SAVEDMODEL]
+    threads_parameter = "TF_NUM_INTRA_THREADS"
 
     @classmethod
     def model_filename(cls, config: model_config_pb2.ModelConfig, version_dir: Path) -> str:

@@ -41,6 +41,7 @@ class TFLiteBackend(Backend):
     name = "tflite"
     platform = "tflite"
     default_filename = "model.tflite"
+    threads_parameter = "num_threads"
 
     def load(self) -> None:
         try:

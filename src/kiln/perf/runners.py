@@ -20,9 +20,17 @@ from kiln.config.schema import model_config_pb2
 from kiln.errors import InvalidArgumentError
 from kiln.perf.inputs import InputSpec
 
-_BY_SUFFIX = {".onnx": "onnxruntime", ".xml": "openvino"}
+_BY_SUFFIX = {
+    ".onnx": "onnxruntime",
+    ".xml": "openvino",
+    ".pt": "pytorch",
+    ".pt2": "pytorch",
+    ".graphdef": "tensorflow",
+    ".savedmodel": "tensorflow",  # a folder
+    ".tflite": "tflite",
+}
 # the settings() key each backend reports its intra-op (CPU) thread count under
-_THREAD_KEYS = ("intra_op_threads", "INFERENCE_NUM_THREADS")
+_THREAD_KEYS = ("intra_op_threads", "INFERENCE_NUM_THREADS", "num_threads")
 _GROUP = model_config_pb2.ModelInstanceGroup
 
 
@@ -47,7 +55,7 @@ def model_config(
     for key, value in (parameters or {}).items():
         config.parameters[key].string_value = value
     if threads:
-        config.parameters["intra_op_thread_count"].string_value = str(threads)
+        config.parameters[backend_class(backend).threads_parameter].string_value = str(threads)
     if gpu is None:
         config.instance_group.add(name=f"{name}_0", count=1, kind=_GROUP.KIND_CPU)
         return config
@@ -65,10 +73,18 @@ class Runner:
         self.backend = backend
         self.name = name
         signature = backend.signature()
-        if signature is None:
-            raise InvalidArgumentError(f"the '{backend.name}' backend cannot tell the inputs of {name}")
-        self.inputs = [_spec(io) for io in signature[0]]
-        self.outputs = [_spec(io) for io in signature[1]]
+        if signature is not None:
+            self.inputs = [_spec(io) for io in signature[0]]
+            self.outputs = [_spec(io) for io in signature[1]]
+        elif backend.config.input and backend.config.output:
+            # a runtime that cannot tell its inputs (TorchScript): the config.pbtxt says them, as for the server
+            self.inputs = _declared(backend.config, backend.config.input)
+            self.outputs = _declared(backend.config, backend.config.output)
+        else:
+            raise InvalidArgumentError(
+                f"the '{backend.name}' backend cannot tell the inputs of {name}: give its model folder with a "
+                f"config.pbtxt that lists them"
+            )
         self.output_names = [o.name for o in self.outputs]
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -132,11 +148,11 @@ def resolve(target: Path) -> Artifact:
     from kiln.repository import ModelRepository
 
     target = Path(target)
-    if target.is_file():
+    if target.is_file() or (target.is_dir() and target.suffix == ".savedmodel"):
         backend = _BY_SUFFIX.get(target.suffix)
         if backend is None:
             raise InvalidArgumentError(
-                f"{target}: expected an .onnx or OpenVINO .xml file, or a model folder"
+                f"{target}: expected a model file ({', '.join(sorted(_BY_SUFFIX))}) or a model folder"
             )
         return Artifact(target, backend, model_config(backend, target.stem))
     if not target.is_dir():
@@ -164,7 +180,7 @@ def open_runner(artifact: Artifact, threads: int | None = None, name: str = "") 
     config = artifact.config
     if threads:
         config = _copy(config)
-        config.parameters["intra_op_thread_count"].string_value = str(threads)
+        config.parameters[backend_class(artifact.backend).threads_parameter].string_value = str(threads)
     return open_model(artifact.backend, artifact.path, config, name or artifact.path.name)
 
 
@@ -176,3 +192,14 @@ def _copy(config: model_config_pb2.ModelConfig) -> model_config_pb2.ModelConfig:
 
 def _spec(io: ModelIO) -> InputSpec:
     return InputSpec(io.name, io.datatype.numpy, tuple(io.shape))
+
+
+def _declared(config: model_config_pb2.ModelConfig, entries) -> list[InputSpec]:  # type: ignore[no-untyped-def]
+    from kiln.types import datatypes
+
+    batch = (-1,) if config.max_batch_size > 0 else ()
+    return [
+        InputSpec(e.name, datatypes.BY_CONFIG_NAME[model_config_pb2.DataType.Name(e.data_type)].numpy,
+                  batch + tuple(e.dims))
+        for e in entries
+    ]  # fmt: skip
