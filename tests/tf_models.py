@@ -116,3 +116,18 @@ def write_tflite(path: Path, int8: bool = False) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(converter.convert())
     return path
+
+
+# the frozen detector's config (write_detector_graphdef): UINT8 NHWC images in, boxes / scores / classes out
+DETECTOR_CONFIG = """
+platform: "tensorflow_graphdef"
+max_batch_size: 2
+default_model_filename: "model.graphdef"
+input [ { name: "image_tensor" data_type: TYPE_UINT8 dims: [ 6, 8, 3 ] } ]
+output [
+  { name: "detection_boxes" data_type: TYPE_FP32 dims: [ 4, 4 ] },
+  { name: "detection_scores" data_type: TYPE_FP32 dims: [ 4 ] },
+  { name: "detection_classes" data_type: TYPE_FP32 dims: [ 4 ] },
+  { name: "num_detections" data_type: TYPE_FP32 dims: [ 1 ] reshape { shape: [ ] } }
+]
+"""

@@ -21,18 +21,7 @@ from kiln.config import parse_config
 from kiln.errors import InvalidArgumentError, ModelConfigError, ModelLoadError
 from kiln.model import Model
 
-DETECTOR = """
-platform: "tensorflow_graphdef"
-max_batch_size: 2
-default_model_filename: "model.graphdef"
-input [ { name: "image_tensor" data_type: TYPE_UINT8 dims: [ 6, 8, 3 ] } ]
-output [
-  { name: "detection_boxes" data_type: TYPE_FP32 dims: [ 4, 4 ] },
-  { name: "detection_scores" data_type: TYPE_FP32 dims: [ 4 ] },
-  { name: "detection_classes" data_type: TYPE_FP32 dims: [ 4 ] },
-  { name: "num_detections" data_type: TYPE_FP32 dims: [ 1 ] reshape { shape: [ ] } }
-]
-"""
+DETECTOR = tf_models.DETECTOR_CONFIG
 
 
 @pytest.fixture(scope="module")
