@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import kiln
+from kiln.cache import CacheOptions, ResponseCache, cache_key
 from kiln.calls import CoreCaller
 from kiln.config.schema import model_config_pb2
 from kiln.errors import (
@@ -46,6 +47,7 @@ EXTENSIONS = [
 
 @dataclass(frozen=True)
 class CoreOptions:
+    cache: CacheOptions | None = None  # the response cache (--cache-config); None: no cache
     strict_readiness: bool = True
     server_name: str = "triton"  # Triton's clients check server metadata's name; Kiln's version stays Kiln's
     executor_threads: int = 32
@@ -59,6 +61,7 @@ class Core:
         self.caller = CoreCaller(self)  # the infer callable handed to backends (BLS, ensembles)
         self.manager = ModelManager(repository, self.options.lifecycle, self.executor, self.caller)
         self.shared_memory = SharedMemoryRegistry()  # the system shared memory extension's regions
+        self.cache = ResponseCache(self.options.cache) if self.options.cache is not None else None
         self.live = True
 
     # -- lifecycle -----------------------------------------------------------------------------------------
@@ -141,6 +144,16 @@ class Core:
     async def _infer(self, request: InferRequest) -> InferResponse:
         admitted = self._admit(request, streaming=False)
         work = admitted.work
+        key = None
+        if admitted.model.response_cache and self.cache is not None:
+            looked_up = time.perf_counter_ns()
+            key = cache_key(request, str(admitted.model.version))
+            cached = self.cache.get(key, request.id)
+            lookup_ns = time.perf_counter_ns() - looked_up
+            if cached is not None:
+                admitted.release()
+                admitted.stats.record_cache_hit(time.perf_counter_ns() - admitted.start_ns, lookup_ns)
+                return cached
         try:
             await admitted.scheduler.submit(work)
             reply = await work.sender.result()
@@ -155,6 +168,10 @@ class Core:
         finally:
             admitted.release()
         response.durations = admitted.record_success(returned_at)
+        if key is not None and self.cache is not None:
+            inserting = time.perf_counter_ns()
+            self.cache.put(key, response)
+            admitted.stats.cache_miss.add(lookup_ns + time.perf_counter_ns() - inserting)
         return response
 
     async def stream(self, request: InferRequest) -> AsyncIterator[InferResponse]:

@@ -17,6 +17,7 @@ import uvicorn
 from tritonclient.grpc import service_pb2_grpc
 
 from kiln.backends import Backend, BackendSpec, register_backend
+from kiln.cache import CacheOptions
 from kiln.core import Core, CoreOptions
 from kiln.errors import KilnError
 from kiln.grpc.health import add_health
@@ -59,6 +60,7 @@ class ServerOptions:
     http_restricted_api: list[str] = field(default_factory=list)
     grpc_restricted_protocol: list[str] = field(default_factory=list)
     backends: list[str] = field(default_factory=list)  # NAME=MODULE:CLASS, registered before models load
+    cache_config: list[str] = field(default_factory=list)  # --cache-config local,size=BYTES
 
 
 class _Uvicorn(uvicorn.Server):
@@ -80,6 +82,7 @@ async def serve(options: ServerOptions, stop: asyncio.Event | None = None) -> No
     http_restrictions = Restrictions.parse(options.http_restricted_api, "--http-restricted-api")
     grpc_restrictions = Restrictions.parse(options.grpc_restricted_protocol, "--grpc-restricted-protocol")
     latency = LatencyOptions.parse(options.metrics_config)
+    cache = CacheOptions.parse(options.cache_config)
     for spec in options.backends:
         register_backend_flag(spec)
     repository = ModelRepository(options.model_repositories)
@@ -87,6 +90,7 @@ async def serve(options: ServerOptions, stop: asyncio.Event | None = None) -> No
     core = Core(
         repository,
         CoreOptions(
+            cache=cache,
             strict_readiness=options.strict_readiness,
             server_name=options.server_name,
             lifecycle=LifecycleOptions(
@@ -98,6 +102,7 @@ async def serve(options: ServerOptions, stop: asyncio.Event | None = None) -> No
                 latency=latency,
                 max_upload_bytes=options.model_upload_max_bytes,
                 custom_metrics=custom_metrics,
+                response_cache=cache is not None,
             ),
         ),
     )

@@ -54,6 +54,14 @@ def add_parser(sub: Any) -> None:
         help="exit if any model fails to load (default false: failed models are reported, the rest serve)",
     )
     p.add_argument(
+        "--cache-config",
+        action="append",
+        default=[],
+        metavar="local,size=BYTES",
+        help="the response cache (Triton's form): models with response_cache { enable: true } answer repeated "
+        "requests from it",
+    )
+    p.add_argument(
         "--server-name",
         default="triton",
         metavar="NAME",
@@ -185,6 +193,7 @@ def run(args: argparse.Namespace) -> int:
         exit_on_error=args.exit_on_error,
         strict_readiness=args.strict_readiness,
         server_name=args.server_name,
+        cache_config=list(args.cache_config),
         auto_complete=not args.disable_auto_complete_config,
         default_max_batch_size=args.default_max_batch_size,
         http_max_input_bytes=args.http_max_input_size,

@@ -118,7 +118,7 @@ FIELDS: dict[str, Rule] = {
     **_rules(YES, "decoupled models", "model_transaction_policy.decoupled"),
     **_rules(NO, "repository agents (e.g. checksum) are not implemented", "model_repository_agents.agents.name",
              "model_repository_agents.agents.parameters"),
-    **_rules(NO, "the response cache is not implemented yet", "response_cache.enable"),
+    **_rules(YES, "the response cache (the server needs --cache-config)", "response_cache.enable"),
 }  # fmt: skip
 
 

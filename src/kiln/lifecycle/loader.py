@@ -46,6 +46,7 @@ async def load_version(
             default_max_batch_size=options.default_max_batch_size,
             caller=caller,
             metrics=options.custom_metrics,
+            response_cache=options.response_cache,
         )
         try:
             run_warmup(model, model_dir)

@@ -72,6 +72,7 @@ class LifecycleOptions:
     latency: LatencyOptions | None = None
     max_upload_bytes: int = 256 * 1024 * 1024
     custom_metrics: Any = None  # kiln.stats.custom.CustomMetrics: families backends register (Python models)
+    response_cache: bool = False  # the server has a response cache (--cache-config): models may enable it
 
 
 @dataclass(frozen=True)

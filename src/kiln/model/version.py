@@ -73,6 +73,7 @@ class Model:
         self.dependencies = list(self.backend.dependencies())
         self.ensemble = getattr(self.backend, "plan", None)  # an ensemble's graph (kiln.config.ensemble)
         self.sequence: SequenceOptions | None = None  # sequence batching: controls and implicit state
+        self.response_cache = config.response_cache.enable  # answers may come from the server's cache
         self.max_batch_size = config.max_batch_size
         self.inputs = {e.name: _spec(e) for e in config.input}
         self.outputs = {e.name: _spec(e, labels.get(e.name, ())) for e in config.output}
@@ -91,10 +92,16 @@ class Model:
         cpu_count: int | None = None,
         caller: ModelCaller | None = None,
         metrics: Any = None,
+        response_cache: bool = False,
     ) -> Model:
         config = _copy(config)
         for warning in check_fields(config, backend_name):  # refuses what Kiln does not honour
             log.warning("%s", warning)
+        if config.response_cache.enable and not response_cache:
+            raise ModelConfigError(
+                f"model '{config.name}': response_cache is enabled but the server has no cache: start kiln serve "
+                f"with --cache-config local,size=BYTES"
+            )
         klass = backend_class(backend_name)
         # the fields Triton fills in its completed config, so clients reading it see the same
         if not config.backend and klass.has_instances:  # Triton leaves an ensemble's backend empty
@@ -142,6 +149,13 @@ class Model:
                     autocomplete(config, *signature, default_max_batch_size)
                 validate(config, *signature)
             _check_transaction_policy(config, klass)
+            if config.response_cache.enable and (
+                sequence is not None or config.model_transaction_policy.decoupled
+            ):
+                raise ModelConfigError(
+                    f"model '{config.name}': response_cache cannot serve a decoupled or sequence model (its answers "
+                    f"depend on more than its inputs)"
+                )
             if sequence is not None and config.model_transaction_policy.decoupled:
                 raise ModelConfigError(
                     f"model '{config.name}': sequence batching of a decoupled model is not implemented in Kiln yet"

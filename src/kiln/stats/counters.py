@@ -95,6 +95,12 @@ class ModelStats:
         self.inference_count += batch_size
         self.last_inference_ms = int(time.time() * 1000)
 
+    def record_cache_hit(self, total_ns: int, lookup_ns: int) -> None:
+        """A request answered from the response cache: a success, no inference (as Triton counts it)."""
+        self.success.add(total_ns)
+        self.cache_hit.add(lookup_ns)
+        self.last_inference_ms = int(time.time() * 1000)
+
     def record_execution(self, batch_size: int, input_ns: int, infer_ns: int, output_ns: int) -> None:
         """Once per model execution (a merged batch counts once)."""
         self.execution_count += 1

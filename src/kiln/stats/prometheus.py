@@ -34,6 +34,12 @@ _COUNTERS: list[tuple[str, str, Callable[[ModelStats], float]]] = [
      lambda s: _us(s.compute_infer)),
     ("nv_inference_compute_output_duration_us", "Cumulative inference compute output duration in microseconds",
      lambda s: _us(s.compute_output)),
+    ("nv_cache_num_hits_per_model", "Number of cache hits per model", lambda s: s.cache_hit.count),
+    ("nv_cache_num_misses_per_model", "Number of cache misses per model", lambda s: s.cache_miss.count),
+    ("nv_cache_hit_duration_per_model", "Total cache hit duration per model, in microseconds",
+     lambda s: _us(s.cache_hit)),
+    ("nv_cache_miss_duration_per_model", "Total cache miss (insertion) duration per model, in microseconds",
+     lambda s: _us(s.cache_miss)),
 ]  # fmt: skip
 
 

@@ -33,7 +33,7 @@ def _check(text: str, backend: str = "onnxruntime") -> list[str]:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("response_cache { enable: true }", "'response_cache.enable' is not supported: the response cache"),
+        ('model_repository_agents { agents [ { name: "checksum" } ] }', "repository agents"),
         ("instance_group [ { rate_limiter { priority: 2 } } ]", "'instance_group.rate_limiter.priority'"),
         ('metric_tags { key: "team" value: "a" }', "'metric_tags' is not supported"),
         ('input [ { name: "x" allow_ragged_batch: true } ]', "ragged batching"),
