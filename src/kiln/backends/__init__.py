@@ -34,6 +34,7 @@ _REGISTRY: dict[str, BackendSpec] = {
     ),
     "tflite": BackendSpec("kiln.backends.tflite", "TFLiteBackend", (), ("model.tflite",)),
     "pytorch": BackendSpec("kiln.backends.pytorch", "PyTorchBackend", ("pytorch_libtorch",), ("model.pt",)),
+    "ncnn": BackendSpec("kiln.backends.ncnn", "NcnnBackend", (), ("model.param",)),
 }
 # Known to Triton, not (yet) served by Kiln: refused with a clear message instead of a vague failure.
 _NOT_YET = {

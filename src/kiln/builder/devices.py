@@ -18,6 +18,10 @@ def device_check(options: BuildOptions) -> GpuOptions | None:
         from kiln.builder.openvino import import_openvino
 
         import_openvino()
+    if options.target is Target.NCNN:
+        from kiln.builder.ncnn import check_tools
+
+        check_tools(options.precision)
     if options.device is not Device.GPU:
         return None
     if options.target is not Target.ONNXRUNTIME:

@@ -25,6 +25,7 @@ class CalibrationMethod(enum.Enum):
 class Target(enum.Enum):
     ONNXRUNTIME = "onnxruntime"
     OPENVINO = "openvino"
+    NCNN = "ncnn"  # via pnnx; FP32 compute, FP16-stored weights for --precision fp16
 
 
 class Device(enum.Enum):

@@ -92,7 +92,9 @@ def build(options: BuildOptions, reporter: Reporter | None = None) -> BuildResul
             name="fp32 reference",
         )
         precisions = (
-            [options.precision] if options.precision is not Precision.BEST else _best_candidates(calibration)
+            [options.precision]
+            if options.precision is not Precision.BEST
+            else _best_candidates(calibration, options.target)
         )
         fused: list[onnx.ModelProto] = []  # the extended-level model, made once if an FP32 CPU build needs it
         candidates = []
@@ -150,7 +152,9 @@ def _check_accuracy(
             reporter.note(failure, style="red")
 
 
-def _best_candidates(calibration: Dataset) -> list[Precision]:
+def _best_candidates(calibration: Dataset, target: Target) -> list[Precision]:
+    if target is Target.NCNN:
+        return [Precision.FP32, Precision.FP16]  # no INT8 for ncnn (see kiln.builder.ncnn)
     if len(calibration) == 0:
         raise InvalidArgumentError("--precision best tries INT8 too, which needs --calibration-data")
     return [Precision.FP32, Precision.FP16, Precision.INT8]
@@ -213,6 +217,12 @@ def _make_candidate(
                 parameters={"inference_precision": ov_precision} if ov_precision else None,
             )
             runner = open_model("openvino", xml, config, name=f"openvino {precision.value}")
+        elif options.target is Target.NCNN:
+            from kiln.builder.ncnn import build_ncnn, candidate_config
+
+            param = build_ncnn(model, precision, profile, folder, record)
+            config = candidate_config(model, profile, options.threads)
+            runner = open_model("ncnn", param, config, name=f"ncnn {precision.value}")
         else:
             from kiln.builder import precision as prec
 
@@ -295,7 +305,7 @@ def _write(
             shutil.copytree(chosen.files, version_dir)
             if options.target is Target.OPENVINO:
                 _warm_cache(version_dir, output, config)
-            artifact = version_dir / ("model.xml" if options.target is Target.OPENVINO else "model.onnx")
+            artifact = version_dir / _ARTIFACTS.get(options.target, "model.onnx")
             manifest = _manifest(chosen, candidates, source, artifact, options, version, started, reporter)
             target = install(version_dir, output, version, config, manifest)
         finally:
@@ -313,6 +323,9 @@ def _write(
         chosen.accuracy,
         config_text(config),
     )
+
+
+_ARTIFACTS = {Target.OPENVINO: "model.xml", Target.NCNN: "model.param"}
 
 
 def _ov_precision(precision: Precision) -> str | None:

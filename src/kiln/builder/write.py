@@ -58,7 +58,8 @@ def make_config(spec: ConfigSpec) -> model_config_pb2.ModelConfig:
     )
     config.instance_group.add(count=1, kind=kind)
     if spec.threads:
-        config.parameters["intra_op_thread_count"].string_value = str(spec.threads)
+        threads_key = "num_threads" if spec.target is Target.NCNN else "intra_op_thread_count"
+        config.parameters[threads_key].string_value = str(spec.threads)
     if spec.target is Target.OPENVINO:
         config.parameters["cache_dir"].string_value = OV_CACHE_DIR
         if spec.inference_precision:
@@ -116,7 +117,7 @@ def tool_versions() -> dict[str, str]:
         "onnxscript": onnxscript.__version__,
         "numpy": numpy.__version__,
     }
-    for name in ("openvino", "nncf", "torch"):
+    for name in ("openvino", "nncf", "torch", "ncnn"):
         module = __import__("sys").modules.get(name)
         if module is not None:
             versions[name] = str(getattr(module, "__version__", "unknown")).split("-")[0]

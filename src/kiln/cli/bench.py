@@ -13,7 +13,7 @@ def add_parser(sub: Any) -> None:
         "bench",
         help="measure an artifact's latency and throughput (like trtexec); --compare A B side by side",
         description="Load ARTIFACT (a model file: .onnx, OpenVINO .xml, TorchScript .pt, .pt2, .tflite, .graphdef, a "
-        ".savedmodel folder; or a repository model folder), warm up, "
+        ".savedmodel folder, an ncnn .param with its .bin; or a repository model folder), warm up, "
         "run it --iterations times or for --duration seconds, and print latency percentiles, throughput, "
         "peak memory. With --compare A B, both run in one process, their timed runs alternating.",
     )

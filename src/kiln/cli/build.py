@@ -20,7 +20,7 @@ def add_parser(sub: Any) -> None:
         "-o", "--output", type=Path, required=True, metavar="REPO/NAME", help="model folder to write"
     )
     p.add_argument("--precision", choices=["fp32", "fp16", "int8", "best"], default="fp32")
-    p.add_argument("--target", choices=["onnxruntime", "openvino"], default="onnxruntime")
+    p.add_argument("--target", choices=["onnxruntime", "openvino", "ncnn"], default="onnxruntime")
     p.add_argument("--device", choices=["cpu", "gpu"], default="cpu", help="gpu: CUDA/TensorRT providers")
     cal = p.add_argument_group("calibration (INT8)")
     cal.add_argument(

@@ -47,7 +47,8 @@ class BenchResult:
 
 
 def artifact_size_mb(path: Path) -> float:
-    files = [path, path.with_suffix(".bin")] if path.suffix == ".xml" else [path]
+    # OpenVINO IR (.xml) and ncnn (.param) keep their weights in a .bin beside the model file
+    files = [path, path.with_suffix(".bin")] if path.suffix in (".xml", ".param") else [path]
     files += list(path.parent.glob(f"{path.name}.data")) + list(path.parent.glob("*.onnx_data"))
     return sum(f.stat().st_size for f in files if f.exists()) / 1e6
 

@@ -28,6 +28,7 @@ _BY_SUFFIX = {
     ".graphdef": "tensorflow",
     ".savedmodel": "tensorflow",  # a folder
     ".tflite": "tflite",
+    ".param": "ncnn",
 }
 # the settings() key each backend reports its intra-op (CPU) thread count under
 _THREAD_KEYS = ("intra_op_threads", "INFERENCE_NUM_THREADS", "num_threads")
