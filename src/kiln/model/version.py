@@ -226,7 +226,7 @@ class Model:
             if spec.model_dims is not None:
                 lead = (shape[0],) if self.max_batch_size > 0 else ()
                 try:
-                    data = data.reshape(lead + spec.model_dims)
+                    data = data.reshape(lead + _reshape_target(item_shape, spec.dims, spec.model_dims))
                 except ValueError:
                     raise InvalidArgumentError(
                         f"input '{tensor.name}' of shape {list(shape)} cannot be reshaped to "
@@ -297,7 +297,9 @@ class Model:
                 array = np.asarray(array)
             if spec.model_dims is not None:
                 lead = (array.shape[0],) if self.max_batch_size > 0 else ()
-                array = array.reshape(lead + tuple(spec.dims))
+                array = array.reshape(
+                    lead + _reshape_target(array.shape[len(lead) :], spec.model_dims, spec.dims)
+                )
             if req.classification:
                 array = self._classify(array, req.classification, spec.labels)
                 dtype = datatypes.BY_NAME["BYTES"]
@@ -362,6 +364,18 @@ def load_instances(
                 backend.unload()
         raise failed
     return backends
+
+
+def _reshape_target(
+    shape: tuple[int, ...], dims: tuple[int, ...], target: tuple[int, ...]
+) -> tuple[int, ...]:
+    """``target`` with its variable (-1) dimensions filled, in order, from the sizes ``shape`` has where ``dims``
+    is variable — how Triton applies ``reshape`` when more than one dimension varies (numpy takes only one -1)."""
+    if target.count(-1) <= 1:
+        return target
+    sizes = iter([size for size, d in zip(shape, dims, strict=False) if d == -1])
+    filled = tuple(next(sizes, -1) if d == -1 else d for d in target)
+    return filled if filled.count(-1) <= 1 else target
 
 
 def _without_sequence_tensors(
