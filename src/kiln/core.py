@@ -24,6 +24,7 @@ from kiln.errors import (
     UnimplementedError,
 )
 from kiln.lifecycle import IndexEntry, LifecycleOptions, ModelEntry, ModelManager, ModelState, VersionStatus
+from kiln.logsettings import LogControl
 from kiln.model import Model, PreparedRequest
 from kiln.repository import ModelRepository
 from kiln.scheduling import Batch, ResponseSender, Scheduler, Work
@@ -36,6 +37,7 @@ log = logging.getLogger(__name__)
 EXTENSIONS = [
     "classification",
     "binary_tensor_data",
+    "logging",
     "model_configuration",
     "model_repository",
     "model_repository(unload_dependents)",
@@ -62,6 +64,7 @@ class Core:
         self.manager = ModelManager(repository, self.options.lifecycle, self.executor, self.caller)
         self.shared_memory = SharedMemoryRegistry()  # the system shared memory extension's regions
         self.cache = ResponseCache(self.options.cache) if self.options.cache is not None else None
+        self.log_control: LogControl | None = None  # the logging extension (set by the server)
         self.live = True
 
     # -- lifecycle -----------------------------------------------------------------------------------------
@@ -85,6 +88,12 @@ class Core:
 
     def index(self, ready_only: bool = False) -> list[IndexEntry]:
         return self.manager.index(ready_only)
+
+    def log_settings(self, changes: Mapping[str, object] | None = None) -> dict[str, object]:
+        """The logging extension: the settings, after applying ``changes`` when given."""
+        if self.log_control is None:
+            raise UnimplementedError("the logging extension needs a running server")
+        return self.log_control.update(changes) if changes else self.log_control.as_dict()
 
     # -- health and metadata -------------------------------------------------------------------------------
     def is_live(self) -> bool:

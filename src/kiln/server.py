@@ -24,6 +24,7 @@ from kiln.grpc.health import add_health
 from kiln.grpc.servicer import InferenceServicer
 from kiln.http.app import HttpOptions, create_app
 from kiln.lifecycle import ControlMode, LifecycleOptions, ModelState
+from kiln.logsettings import LogControl, LogSettings
 from kiln.repository import ModelRepository
 from kiln.restricted import Restrictions
 from kiln.stats.custom import CustomMetrics
@@ -61,6 +62,9 @@ class ServerOptions:
     grpc_restricted_protocol: list[str] = field(default_factory=list)
     backends: list[str] = field(default_factory=list)  # NAME=MODULE:CLASS, registered before models load
     cache_config: list[str] = field(default_factory=list)  # --cache-config local,size=BYTES
+    log: LogSettings = field(
+        default_factory=LogSettings
+    )  # levels, format, file (the logging extension changes them)
 
 
 class _Uvicorn(uvicorn.Server):
@@ -81,6 +85,7 @@ async def serve(options: ServerOptions, stop: asyncio.Event | None = None) -> No
     # every flag that can be wrong is parsed before any model is loaded: a typo fails at once
     http_restrictions = Restrictions.parse(options.http_restricted_api, "--http-restricted-api")
     grpc_restrictions = Restrictions.parse(options.grpc_restricted_protocol, "--grpc-restricted-protocol")
+    log_control = LogControl(options.log)
     latency = LatencyOptions.parse(options.metrics_config)
     cache = CacheOptions.parse(options.cache_config)
     for spec in options.backends:
@@ -106,6 +111,7 @@ async def serve(options: ServerOptions, stop: asyncio.Event | None = None) -> No
             ),
         ),
     )
+    core.log_control = log_control
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):

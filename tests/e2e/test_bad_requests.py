@@ -406,7 +406,6 @@ def test_grpc_stream_reports_errors_and_goes_on(stub: Stub) -> None:
     ("method", "request_pb"),
     [
         ("TraceSetting", service_pb2.TraceSettingRequest()),
-        ("LogSettings", service_pb2.LogSettingsRequest()),
     ],
 )
 def test_grpc_unimplemented(stub: Stub, method: str, request_pb: Any) -> None:

@@ -156,7 +156,22 @@ def add_parser(sub: Any) -> None:
         const=1,
         default=0,
         metavar="LEVEL",
-        help="verbose logging (1 or more)",
+        help="verbose logging (1 or more): debug messages and one line per inference request",
+    )
+    p.add_argument("--log-file", default="", metavar="PATH", help="write the log there instead of stderr")
+    for level in ("info", "warning", "error"):
+        p.add_argument(
+            f"--log-{level}",
+            type=_bool,
+            default=True,
+            metavar="BOOL",
+            help=f"write {level} messages (default true)",
+        )
+    p.add_argument(
+        "--log-format",
+        choices=("default", "ISO8601", "json"),
+        default="default",
+        help="log line format: default, ISO8601 (UTC timestamps), json (Kiln's: one object a line)",
     )
     p.add_argument(
         "--backend",
@@ -171,6 +186,7 @@ def add_parser(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from kiln.cli.common import configure_logging
+    from kiln.logsettings import LogSettings
     from kiln.server import ServerOptions
     from kiln.server import run as run_server
 
@@ -194,6 +210,14 @@ def run(args: argparse.Namespace) -> int:
         strict_readiness=args.strict_readiness,
         server_name=args.server_name,
         cache_config=list(args.cache_config),
+        log=LogSettings(
+            log_file=args.log_file,
+            log_info=args.log_info,
+            log_warning=args.log_warning,
+            log_error=args.log_error,
+            log_verbose_level=args.log_verbose,
+            log_format=args.log_format,
+        ),
         auto_complete=not args.disable_auto_complete_config,
         default_max_batch_size=args.default_max_batch_size,
         http_max_input_bytes=args.http_max_input_size,

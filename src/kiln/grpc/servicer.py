@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -14,6 +15,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 from kiln.core import Core
 from kiln.errors import ErrorCode, InvalidArgumentError, KilnError, NotFoundError
 from kiln.grpc import converters
+from kiln.logsettings import access
 from kiln.restricted import NO_RESTRICTIONS, Restrictions
 from kiln.shm import refuse_cuda
 
@@ -116,7 +118,16 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     @guarded("inference")
     async def ModelInfer(self, request: Any, context: Any) -> service_pb2.ModelInferResponse:
-        return await self._infer(request)
+        started = time.perf_counter_ns()
+        status = "OK"
+        try:
+            return await self._infer(request)
+        except Exception as e:
+            status = error_status(e)[0].name
+            raise
+        finally:
+            access("gRPC", request.model_name, request.model_version, status, time.perf_counter_ns() - started,
+                   context.peer())  # fmt: skip
 
     async def _infer(self, request: service_pb2.ModelInferRequest) -> service_pb2.ModelInferResponse:
         response = await self.core.infer(converters.infer_request_from_pb(request))
@@ -125,6 +136,26 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     @guarded("statistics")
     async def ModelStatistics(self, request: Any, context: Any) -> service_pb2.ModelStatisticsResponse:
         return converters.statistics_to_pb(self.core.statistics(request.name, request.version))
+
+    @guarded("logging")
+    async def LogSettings(self, request: Any, context: Any) -> Any:
+        changes: dict[str, object] = {}
+        for key, value in request.settings.items():
+            kind = value.WhichOneof("parameter_choice")
+            if kind is None:
+                raise InvalidArgumentError(f"log setting '{key}' has no value")
+            changes[key] = getattr(value, kind)
+        settings = self.core.log_settings(changes or None)
+        response = service_pb2.LogSettingsResponse()
+        for key, value in settings.items():
+            slot = response.settings[key]
+            if isinstance(value, bool):
+                slot.bool_param = value
+            elif isinstance(value, int):
+                slot.uint32_param = value
+            else:
+                slot.string_param = str(value)
+        return response
 
     # -- the shared memory extension (system; CUDA only where there is a GPU) -----------------------------
     @guarded("shared-memory")
@@ -243,6 +274,5 @@ def _not_implemented(method: str, what: str) -> Method:
 
 for _method, _what in {
     "TraceSetting": "the trace extension",
-    "LogSettings": "the logging extension",
 }.items():
     setattr(InferenceServicer, _method, _not_implemented(_method, _what))

@@ -131,6 +131,16 @@ def create_app(core: Core, options: HttpOptions | None = None) -> ASGIApp:
         await core.unload_model(request.path_params["model"], params)
         return json_response({})
 
+    async def logging_settings(request: Request) -> Response:
+        changes = None
+        if request.method == "POST":
+            body = await read_body(request, options.max_input_bytes)
+            doc = codec.parse_json(body, "log settings request") if body.strip() else {}
+            if not isinstance(doc, dict):
+                raise InvalidArgumentError("a log settings request must be a JSON object")
+            changes = doc
+        return json_response(core.log_settings(changes))
+
     async def shm_status(request: Request) -> Response:
         regions = core.shared_memory.status(request.path_params.get("region", ""))
         return json_response(
@@ -181,6 +191,7 @@ def create_app(core: Core, options: HttpOptions | None = None) -> ASGIApp:
         Route("/v2/health/ready", guard(ready, "health"), methods=["GET"]),
         Route("/v2/models/stats", guard(statistics, "statistics"), methods=["GET"]),
         Route("/v2/repository/index", guard(repository_index, "model-repository"), methods=["POST"]),
+        Route("/v2/logging", guard(logging_settings, "logging"), methods=["GET", "POST"]),
         Route("/v2/repository/models/{model}/load", guard(load, "model-repository"), methods=["POST"]),
         Route("/v2/repository/models/{model}/unload", guard(unload, "model-repository"), methods=["POST"]),
     ]

@@ -5,6 +5,7 @@ machine); every other endpoint is served by the Starlette app. Same codec, same 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
 
@@ -13,6 +14,7 @@ import orjson
 from kiln.errors import CancelledError, InvalidArgumentError
 from kiln.http import codec
 from kiln.http.errors import error_payload
+from kiln.logsettings import access
 
 if TYPE_CHECKING:
     from kiln.core import Core
@@ -52,6 +54,7 @@ class InferEndpoint:
         await self.serve(scope, receive, send, params.get("model", ""), params.get("version", ""))
 
     async def serve(self, scope: Scope, receive: Receive, send: Send, model: str, version: str) -> None:
+        started = time.perf_counter_ns()
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         try:
             self.options.restrictions.check("inference", headers.get)
@@ -88,6 +91,15 @@ class InferEndpoint:
             }
         )
         await send({"type": "http.response.body", "body": payload})
+        client = scope.get("client")
+        access(
+            "HTTP",
+            model,
+            version,
+            status,
+            time.perf_counter_ns() - started,
+            f"{client[0]}:{client[1]}" if client else "",
+        )
 
 
 def with_fast_infer(app: ASGIApp, endpoint: InferEndpoint) -> ASGIApp:
