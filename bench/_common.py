@@ -448,3 +448,19 @@ def publish(text: str, markdown_out: Path | None, out_dir: Path) -> None:
         markdown_out.write_text(text)
         print(f"[out] {markdown_out}", file=sys.stderr)
     print(f"[out] logs and perf_analyzer CSVs: {out_dir}", file=sys.stderr)
+
+
+def run_header(title: str, loads: tuple[str, str], started: float) -> str:
+    """A report's first lines: the title, the command that produced it, date, machine, load, run time."""
+    import shlex
+    import time
+
+    command = shlex.join([os.path.relpath(sys.executable, REPO_ROOT), *sys.argv])
+    return f"""# {title}
+
+- command: `{command}`
+- date: {dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+- machine: {machine_description()}
+- load: at start {loads[0]}; at end {loads[1]}
+- run time: {time.monotonic() - started:.0f} s
+"""

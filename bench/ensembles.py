@@ -41,13 +41,10 @@ import argparse
 import asyncio
 import base64
 import dataclasses
-import datetime as dt
 import io
 import json
 import logging
-import os
 import re
-import shlex
 import statistics
 import struct
 import sys
@@ -61,16 +58,15 @@ from typing import Any
 import numpy as np
 
 from _common import (
-    REPO_ROOT,
     ServerEndpoints,
     add_output_options,
     kiln_server,
     load_note,
-    machine_description,
     perf_analyzer,
     process_tree_cpu_seconds,
     publish,
     results_dir,
+    run_header,
     run_perf_analyzer,
 )
 from _ensemble_models import (
@@ -670,15 +666,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def header(loads: tuple[str, str], started: float) -> str:
-    command = shlex.join([os.path.relpath(sys.executable, REPO_ROOT), *sys.argv])
-    return f"""# Ensembles: per-step overhead and the classification pipeline
-
-- command: `{command}`
-- date: {dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
-- machine: {machine_description()}
-- load: at start {loads[0]}; at end {loads[1]}
-- run time: {time.monotonic() - started:.0f} s
-"""
+    return run_header("Ensembles: per-step overhead and the classification pipeline", loads, started)
 
 
 def main(argv: list[str] | None = None) -> int:

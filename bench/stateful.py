@@ -42,11 +42,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import datetime as dt
 import itertools
 import os
 import resource
-import shlex
 import statistics
 import sys
 import tempfile
@@ -58,7 +56,6 @@ from typing import Any
 import numpy as np
 
 from _common import (
-    REPO_ROOT,
     PerfAnalyzer,
     ServerEndpoints,
     add_output_options,
@@ -66,12 +63,12 @@ from _common import (
     kiln_counts,
     kiln_server,
     load_note,
-    machine_description,
     parse_server_breakdown,
     perf_analyzer,
     process_cpu_seconds,
     publish,
     results_dir,
+    run_header,
     run_perf_analyzer,
 )
 from _stateful_models import (
@@ -836,15 +833,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def header(loads: tuple[str, str], started: float) -> str:
-    command = shlex.join([os.path.relpath(sys.executable, REPO_ROOT), *sys.argv])
-    return f"""# Stateful and large-tensor serving: system shared memory, sequence batching
-
-- command: `{command}`
-- date: {dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
-- machine: {machine_description()}
-- load: at start {loads[0]}; at end {loads[1]}
-- run time: {time.monotonic() - started:.0f} s
-"""
+    return run_header(
+        "Stateful and large-tensor serving: system shared memory, sequence batching", loads, started
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -56,37 +56,23 @@ def test_exit_on_error_stops_with_the_reason(broken_repo: Path, tmp_path: Path) 
     assert "--exit-on-error" in server.log() and "garbage_file" in server.log()
 
 
-def test_busy_port_is_a_clear_startup_error(test_repo: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("flag", "what"), [("--http-port", "HTTP"), ("--grpc-port", "gRPC")])
+def test_a_busy_port_is_one_clear_line_before_any_model_loads(
+    test_repo: Path, tmp_path: Path, flag: str, what: str
+) -> None:
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
         server = KilnProcess([test_repo], log_dir=tmp_path)
-        server.args[server.args.index("--http-port") + 1] = str(port)
+        server.args[server.args.index(flag) + 1] = str(port)
         server.start(wait=False)
         try:
             assert server.wait_exit(60) == 1
         finally:
             server.stop()
     log = server.log()
-    assert f"cannot listen for HTTP on 127.0.0.1:{port}" in log
-    assert "loaded model" not in log  # found before any model loads
-
-
-def test_a_busy_grpc_port_is_one_clear_line(test_repo: Path, tmp_path: Path) -> None:
-    with socket.socket() as busy:
-        busy.bind(("127.0.0.1", 0))
-        busy.listen()
-        port = busy.getsockname()[1]
-        server = KilnProcess([test_repo], log_dir=tmp_path)
-        server.args[server.args.index("--grpc-port") + 1] = str(port)
-        server.start(wait=False)
-        try:
-            assert server.wait_exit(60) == 1
-        finally:
-            server.stop()
-    log = server.log()
-    assert f"cannot listen for gRPC on 127.0.0.1:{port}" in log
+    assert f"cannot listen for {what} on 127.0.0.1:{port}" in log
     assert "loaded model" not in log and "chttp2" not in log  # no model loaded, no gRPC C-core log
 
 
