@@ -464,3 +464,19 @@ def run_header(title: str, loads: tuple[str, str], started: float) -> str:
 - load: at start {loads[0]}; at end {loads[1]}
 - run time: {time.monotonic() - started:.0f} s
 """
+
+
+def median_present(values: Sequence[float | None]) -> float | None:
+    """The median of the values measured (None: not measured)."""
+    import statistics
+
+    present = [v for v in values if v is not None]
+    return statistics.median(present) if present else None
+
+
+def fmt_number(value: float | None, digits: int = 0) -> str:
+    return "-" if value is None or value != value else f"{value:,.{digits}f}"
+
+
+def value_range(values: Sequence[float], digits: int = 2) -> str:
+    return f"{min(values):,.{digits}f} to {max(values):,.{digits}f}" if values else "-"

@@ -51,7 +51,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +68,15 @@ from _common import (
     results_dir,
     run_header,
     run_perf_analyzer,
+)
+from _common import (
+    fmt_number as _fmt,
+)
+from _common import (
+    median_present as _mid,
+)
+from _common import (
+    value_range as _range,
 )
 from _ensemble_models import (
     ADD_SUB,
@@ -173,19 +182,6 @@ def run_part_a(args: argparse.Namespace, tmp: Path) -> PartA:
         result.error = f"{type(exc).__name__}: {exc}"
         print(f"[part a] failed: {result.error}", file=sys.stderr)
     return result
-
-
-def _mid(values: Sequence[float | None]) -> float | None:
-    present = [v for v in values if v is not None]
-    return statistics.median(present) if present else None
-
-
-def _fmt(value: float | None, digits: int = 0) -> str:
-    return "-" if value is None or value != value else f"{value:,.{digits}f}"
-
-
-def _range(values: Sequence[float], digits: int = 2) -> str:
-    return f"{min(values):,.{digits}f} to {max(values):,.{digits}f}" if values else "-"
 
 
 def report_part_a(a: PartA) -> str:

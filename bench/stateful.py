@@ -45,7 +45,6 @@ import dataclasses
 import itertools
 import os
 import resource
-import statistics
 import sys
 import tempfile
 import time
@@ -70,6 +69,15 @@ from _common import (
     results_dir,
     run_header,
     run_perf_analyzer,
+)
+from _common import (
+    fmt_number as _fmt,
+)
+from _common import (
+    median_present as _mid,
+)
+from _common import (
+    value_range as _range,
 )
 from _stateful_models import (
     LARGE_ELEMENTS,
@@ -787,19 +795,6 @@ def part_b_failed(b: PartB) -> bool:
 
 
 # ============================================================================================== helpers
-
-
-def _mid(values: Sequence[float | None]) -> float | None:
-    present = [v for v in values if v is not None]
-    return statistics.median(present) if present else None
-
-
-def _fmt(value: float | None, digits: int = 0) -> str:
-    return "-" if value is None or value != value else f"{value:,.{digits}f}"
-
-
-def _range(values: Sequence[float], digits: int = 2) -> str:
-    return f"{min(values):,.{digits}f} to {max(values):,.{digits}f}" if values else "-"
 
 
 # ================================================================================================= main

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from kiln.config.complete import ModelIO
 from kiln.config.schema import model_config_pb2
 from kiln.errors import ModelConfigError
 from kiln.types import datatypes
@@ -237,3 +238,35 @@ def _check_names(
         if name in taken:
             raise ModelConfigError(f"model '{model}': '{name}' is used by more than one control or state")
         taken.add(name)
+
+
+def without_sequence_tensors(
+    config: model_config_pb2.ModelConfig,
+    sequence: SequenceOptions,
+    inputs: list[ModelIO],
+    outputs: list[ModelIO],
+) -> tuple[list[ModelIO], list[ModelIO]]:
+    """The model file's inputs/outputs less the control and state tensors the sequence batcher provides (they
+    are not in the config's input list), after checking that each exists in the model with its datatype."""
+    by_input = {io.name: io for io in inputs}
+    by_output = {io.name: io for io in outputs}
+    expected = [(c.name, c.datatype, "control", by_input) for c in sequence.controls]
+    expected += [(s.input_name, s.datatype, "state input", by_input) for s in sequence.states]
+    expected += [(s.output_name, s.datatype, "state output", by_output) for s in sequence.states]
+    for name, datatype, what, ios in expected:
+        io = ios.get(name)
+        if io is None:
+            raise ModelConfigError(
+                f"model '{config.name}': sequence {what} '{name}' is not in the model file"
+            )
+        if io.datatype != datatype:
+            raise ModelConfigError(
+                f"model '{config.name}': sequence {what} '{name}' is {datatype.name} in the config but "
+                f"{io.datatype.name} in the model file"
+            )
+    listed = {e.name for e in config.output}
+    provided = sequence.provided_inputs
+    return (
+        [io for io in inputs if io.name not in provided],
+        [io for io in outputs if io.name not in sequence.state_outputs or io.name in listed],
+    )

@@ -12,11 +12,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from kiln.backends import Backend, BackendContext, ExecutionShape, ModelCaller, backend_class
-from kiln.config import ModelIO, autocomplete, validate, validate_declared
+from kiln.config import autocomplete, validate, validate_declared
 from kiln.config.fields import check_fields
 from kiln.config.schema import model_config_pb2
-from kiln.config.sequence import SequenceOptions, sequence_options
-from kiln.errors import InternalError, InvalidArgumentError, KilnError, ModelConfigError, ModelLoadError
+from kiln.config.sequence import SequenceOptions, sequence_options, without_sequence_tensors
+from kiln.errors import InternalError, InvalidArgumentError, ModelConfigError, ModelLoadError
+from kiln.model.conversions import lossless, reshape_target, same_kind, wire_name
 from kiln.model.instances import KIND_CPU, instance_contexts
 from kiln.types import InferRequest, InferResponse, OutputTensor, RequestedOutput, TensorMetadata, datatypes
 from kiln.types.datatypes import DataType
@@ -141,7 +142,7 @@ class Model:
         try:
             signature = first.signature()
             if signature is not None and sequence is not None:
-                signature = _without_sequence_tensors(config, sequence, *signature)
+                signature = without_sequence_tensors(config, sequence, *signature)
             if signature is None:  # no readable signature: the config alone describes the model
                 validate_declared(config)
             else:
@@ -226,7 +227,7 @@ class Model:
             if spec.model_dims is not None:
                 lead = (shape[0],) if self.max_batch_size > 0 else ()
                 try:
-                    data = data.reshape(lead + _reshape_target(item_shape, spec.dims, spec.model_dims))
+                    data = data.reshape(lead + reshape_target(item_shape, spec.dims, spec.model_dims))
                 except ValueError:
                     raise InvalidArgumentError(
                         f"input '{tensor.name}' of shape {list(shape)} cannot be reshaped to "
@@ -298,19 +299,19 @@ class Model:
             if spec.model_dims is not None:
                 lead = (array.shape[0],) if self.max_batch_size > 0 else ()
                 array = array.reshape(
-                    lead + _reshape_target(array.shape[len(lead) :], spec.model_dims, spec.dims)
+                    lead + reshape_target(array.shape[len(lead) :], spec.model_dims, spec.dims)
                 )
             if req.classification:
                 array = self._classify(array, req.classification, spec.labels)
                 dtype = datatypes.BY_NAME["BYTES"]
             else:
                 dtype = spec.datatype
-                if array.dtype != dtype.numpy and not _same_kind(array.dtype, dtype):
-                    converted = _lossless(array, dtype)
+                if array.dtype != dtype.numpy and not same_kind(array.dtype, dtype):
+                    converted = lossless(array, dtype)
                     if converted is None:
                         raise InternalError(
                             f"model '{self.name}' output '{req.name}' has datatype "
-                            f"{_wire_name(array.dtype)}, but its config says {dtype.name} (and its values do "
+                            f"{wire_name(array.dtype)}, but its config says {dtype.name} (and its values do "
                             f"not convert without loss)"
                         )
                     array = converted
@@ -366,82 +367,12 @@ def load_instances(
     return backends
 
 
-def _reshape_target(
-    shape: tuple[int, ...], dims: tuple[int, ...], target: tuple[int, ...]
-) -> tuple[int, ...]:
-    """``target`` with its variable (-1) dimensions filled, in order, from the sizes ``shape`` has where ``dims``
-    is variable — how Triton applies ``reshape`` when more than one dimension varies (numpy takes only one -1)."""
-    if target.count(-1) <= 1:
-        return target
-    sizes = iter([size for size, d in zip(shape, dims, strict=False) if d == -1])
-    filled = tuple(next(sizes, -1) if d == -1 else d for d in target)
-    return filled if filled.count(-1) <= 1 else target
-
-
-def _without_sequence_tensors(
-    config: model_config_pb2.ModelConfig,
-    sequence: SequenceOptions,
-    inputs: list[ModelIO],
-    outputs: list[ModelIO],
-) -> tuple[list[ModelIO], list[ModelIO]]:
-    """The model file's inputs/outputs less the control and state tensors the sequence batcher provides (they
-    are not in the config's input list), after checking that each exists in the model with its datatype."""
-    by_input = {io.name: io for io in inputs}
-    by_output = {io.name: io for io in outputs}
-    expected = [(c.name, c.datatype, "control", by_input) for c in sequence.controls]
-    expected += [(s.input_name, s.datatype, "state input", by_input) for s in sequence.states]
-    expected += [(s.output_name, s.datatype, "state output", by_output) for s in sequence.states]
-    for name, datatype, what, ios in expected:
-        io = ios.get(name)
-        if io is None:
-            raise ModelConfigError(
-                f"model '{config.name}': sequence {what} '{name}' is not in the model file"
-            )
-        if io.datatype != datatype:
-            raise ModelConfigError(
-                f"model '{config.name}': sequence {what} '{name}' is {datatype.name} in the config but "
-                f"{io.datatype.name} in the model file"
-            )
-    listed = {e.name for e in config.output}
-    provided = sequence.provided_inputs
-    return (
-        [io for io in inputs if io.name not in provided],
-        [io for io in outputs if io.name not in sequence.state_outputs or io.name in listed],
-    )
-
-
 def _check_transaction_policy(config: model_config_pb2.ModelConfig, klass: type[Backend]) -> None:
     if config.model_transaction_policy.decoupled and klass.shape is ExecutionShape.BATCHED:
         raise ModelConfigError(
             f"model '{config.name}': model_transaction_policy decoupled needs a backend that answers each "
             f"request itself; the '{klass.name}' backend answers every request exactly once"
         )
-
-
-def _same_kind(actual: np.dtype, expected: DataType) -> bool:
-    """BYTES outputs may come as object, str or bytes arrays; everything else must match exactly."""
-    return expected.name == "BYTES" and actual.kind in "OSU"
-
-
-def _lossless(array: np.ndarray, dtype: DataType) -> np.ndarray | None:
-    """``array`` in the config's datatype when nothing is lost (int64 [0, 1] as INT32; float64 as FP32, which
-    numpy rounds as Triton's own clients would), else None: a float can't become an integer, nor text a number."""
-    target = dtype.numpy
-    if dtype.name == "BYTES" or array.dtype.kind not in "biuf" or target.kind not in "biuf":
-        return None
-    if array.dtype.kind == "f" and target.kind != "f":
-        return None
-    converted = array.astype(target)
-    if target.kind != "f" and not np.array_equal(converted, array):
-        return None  # an integer or bool that does not fit
-    return converted
-
-
-def _wire_name(dtype: np.dtype) -> str:
-    try:
-        return datatypes.from_numpy(dtype).name
-    except KilnError:
-        return str(dtype)
 
 
 def _copy(config: model_config_pb2.ModelConfig) -> model_config_pb2.ModelConfig:
