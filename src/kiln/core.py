@@ -207,9 +207,13 @@ class Core:
         submitted = asyncio.ensure_future(admitted.scheduler.submit(work))
         submitted.add_done_callback(lambda t: _fail_on_rejection(t, work))
         failed: BaseException | None = None
+        first = admitted.stats.first_response  # time to the first response (histogram_latencies=true)
         try:
             while True:
                 reply = await work.sender.next()
+                if first is not None:
+                    first.observe((time.perf_counter_ns() - admitted.start_ns) / 1e6)
+                    first = None
                 if reply.error is not None:
                     failed = reply.error
                     if reply.final:

@@ -55,3 +55,70 @@ def test_grafana_dashboard_only_uses_metrics_the_server_exposes(test_repo: Path,
                 line.split("{")[0].split(" ")[0] for line in r.read().decode().splitlines() if line[:1] != "#"
             }
     assert used and used <= exposed, used - exposed
+
+
+DECOUPLED_PY = """
+import time
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        for request in requests:
+            sender = request.get_response_sender()
+            time.sleep(0.12)  # the first response comes after 120 ms
+            for i in range(3):
+                sender.send(pb_utils.InferenceResponse([pb_utils.Tensor("OUT", np.array([i], np.int32))]))
+            sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        return None
+"""
+
+
+def test_first_response_histogram_for_decoupled_models(test_repo: Path, tmp_path: Path) -> None:
+    """Triton's nv_inference_first_response_histogram_ms: decoupled models only, milliseconds, buckets 100 / 500 /
+    2000 / 5000, one observation per request at its first response; parsed by Prometheus' own parser."""
+    import queue
+
+    import tritonclient.grpc as grpcclient
+    from prometheus_client.parser import text_string_to_metric_families
+
+    repo = tmp_path / "repo"
+    (repo / "stream_py" / "1").mkdir(parents=True)
+    (repo / "stream_py" / "1" / "model.py").write_text(DECOUPLED_PY)
+    (repo / "stream_py" / "config.pbtxt").write_text(
+        'backend: "python" max_batch_size: 0 model_transaction_policy { decoupled: true }\n'
+        'input [{ name: "N" data_type: TYPE_INT32 dims: [1] }]\n'
+        'output [{ name: "OUT" data_type: TYPE_INT32 dims: [1] }]\n'
+    )
+    extra = ["--metrics-config", "histogram_latencies=true"]
+    with KilnProcess([test_repo, repo], "--strict-readiness", "false", *extra, log_dir=tmp_path) as server:
+        results: queue.Queue[object] = queue.Queue()
+        client = grpcclient.InferenceServerClient(server.grpc_url)
+        client.start_stream(callback=lambda result, error: results.put(error or result))
+        n = grpcclient.InferInput("N", [1], "INT32")
+        n.set_data_from_numpy(np.array([3], np.int32))
+        for _ in range(2):
+            client.async_stream_infer("stream_py", [n])
+        got = [results.get(timeout=20) for _ in range(6)]
+        client.stop_stream()
+        assert all(isinstance(r, grpcclient.InferResult) for r in got), got
+        a = np.ones((1, 16), np.float32)
+        inputs = [httpclient.InferInput(name, [1, 16], "FP32") for name in ("INPUT0", "INPUT1")]
+        for t in inputs:
+            t.set_data_from_numpy(a)
+        httpclient.InferenceServerClient(server.http_url).infer("add_sub", inputs)
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=5) as r:
+            text = r.read().decode()
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    family = families["nv_inference_first_response_histogram_ms"]
+    assert family.type == "histogram"
+    samples = {(s.name, s.labels.get("model"), s.labels.get("le")): s.value for s in family.samples}
+    assert {m for _, m, _ in samples} == {"stream_py"}  # not for the non-decoupled add_sub
+    assert samples[("nv_inference_first_response_histogram_ms_count", "stream_py", None)] == 2
+    total = samples[("nv_inference_first_response_histogram_ms_sum", "stream_py", None)]
+    assert 2 * 120 <= total < 2 * 2000, total
+    bounds = [le for name, _, le in samples if name.endswith("_bucket")]
+    assert bounds == ["100", "500", "2000", "5000", "+Inf"]  # as Triton (prometheus-cpp) prints them
+    assert samples[("nv_inference_first_response_histogram_ms_bucket", "stream_py", "100")] == 0
+    assert samples[("nv_inference_first_response_histogram_ms_bucket", "stream_py", "+Inf")] == 2

@@ -65,7 +65,7 @@ async def load_version(
         status.state, status.reason = ModelState.UNAVAILABLE, f"unexpected error: {e}"
         log.exception("failed to load model '%s' version %d", name, version)
         return status
-    stats = ModelStats.create(name, str(version), options.latency)
+    stats = ModelStats.create(name, str(version), options.latency, decoupled=model.decoupled)
 
     def on_execution(b: Batch) -> None:
         stats.record_execution(b.size, b.input_ns, b.infer_ns, b.output_ns)

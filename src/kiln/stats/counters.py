@@ -8,7 +8,13 @@ from collections import Counter as Tally
 from dataclasses import dataclass, field
 
 from kiln.errors import ErrorCode, KilnError
-from kiln.stats.latency import LATENCY_KINDS, LatencyOptions, LatencyWindow
+from kiln.stats.latency import (
+    FIRST_RESPONSE_BUCKETS_MS,
+    LATENCY_KINDS,
+    Histogram,
+    LatencyOptions,
+    LatencyWindow,
+)
 
 # Triton's failure reasons (label `reason` of nv_inference_request_failure)
 FAILURE_REASONS = ("REJECTED", "CANCELED", "BACKEND", "OTHER")
@@ -68,12 +74,17 @@ class ModelStats:
     last_inference_ms: int = 0
     pending: int = 0
     latency: dict[str, LatencyWindow] = field(default_factory=dict)  # kind -> window, when enabled
+    first_response: Histogram | None = None  # decoupled models with histogram_latencies=true (ms)
 
     @classmethod
-    def create(cls, name: str, version: str, latency: LatencyOptions | None = None) -> ModelStats:
+    def create(
+        cls, name: str, version: str, latency: LatencyOptions | None = None, decoupled: bool = False
+    ) -> ModelStats:
         stats = cls(name, version)
         if latency is not None and latency.enabled:
             stats.latency = {kind: LatencyWindow(latency) for kind in LATENCY_KINDS}
+        if latency is not None and latency.histograms and decoupled:
+            stats.first_response = Histogram(FIRST_RESPONSE_BUCKETS_MS)
         return stats
 
     def record_success(self, total_ns: int, queue_ns: int, input_ns: int, infer_ns: int, output_ns: int,

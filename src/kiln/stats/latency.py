@@ -15,9 +15,11 @@ from kiln.errors import InvalidArgumentError
 
 # Triton's default summary quantiles (quantile:allowed error); only the quantiles matter here
 DEFAULT_QUANTILES = (0.5, 0.9, 0.95, 0.99)
-HISTOGRAM_BUCKETS_US = (100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
-                        1_000_000, 2_500_000, 5_000_000)  # fmt: skip
+HISTOGRAM_BUCKETS_US: tuple[float, ...] = (100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000,
+                                           250_000, 500_000, 1_000_000, 2_500_000, 5_000_000)  # fmt: skip
 LATENCY_KINDS = ("request", "queue", "compute_input", "compute_infer", "compute_output")
+# Triton's nv_inference_first_response_histogram_ms: decoupled models only, milliseconds, these default buckets
+FIRST_RESPONSE_BUCKETS_MS = (100.0, 500.0, 2000.0, 5000.0)
 
 
 @dataclass(frozen=True)
@@ -70,7 +72,7 @@ class LatencyWindow:
 
     options: LatencyOptions
     samples: deque[tuple[float, float]] = field(default_factory=deque)
-    buckets: list[int] = field(default_factory=lambda: [0] * (len(HISTOGRAM_BUCKETS_US) + 1))
+    histogram: Histogram = field(default_factory=lambda: Histogram(HISTOGRAM_BUCKETS_US))
     count: int = 0
     total_us: float = 0.0
 
@@ -78,7 +80,7 @@ class LatencyWindow:
         self.count += 1
         self.total_us += us
         if self.options.histograms:
-            self.buckets[bisect.bisect_left(HISTOGRAM_BUCKETS_US, us)] += 1
+            self.histogram.observe(us)
         if self.options.summaries:
             self.samples.append((time.monotonic(), us))
             if len(self.samples) > self.options.max_samples:
@@ -94,8 +96,34 @@ class LatencyWindow:
         return {q: values[min(len(values) - 1, int(q * len(values)))] for q in self.options.quantiles}
 
     def cumulative_buckets(self) -> list[tuple[str, int]]:
+        return self.histogram.cumulative_buckets()
+
+
+@dataclass
+class Histogram:
+    """Cumulative Prometheus-style buckets over fixed bounds (the first-response time of decoupled models)."""
+
+    bounds: tuple[float, ...]
+    counts: list[int] = field(default_factory=list)
+    count: int = 0
+    total: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.counts = [0] * (len(self.bounds) + 1)
+
+    def observe(self, value: float) -> None:
+        self.count += 1
+        self.total += value
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+
+    def cumulative_buckets(self) -> list[tuple[str, int]]:
         out, running = [], 0
-        for bound, n in zip([*map(str, HISTOGRAM_BUCKETS_US), "+Inf"], self.buckets, strict=True):
+        for bound, n in zip([*map(_bound, self.bounds), "+Inf"], self.counts, strict=True):
             running += n
             out.append((bound, running))
         return out
+
+
+def _bound(value: float) -> str:
+    """Prometheus' spelling of a bucket bound: ``100`` for whole numbers (as Triton's exposition), else the float."""
+    return str(int(value)) if value == int(value) else repr(value)

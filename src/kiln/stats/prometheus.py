@@ -73,8 +73,32 @@ class InferenceCollector(Collector):
         yield from _latency_metrics(all_stats)
 
 
+def _first_response_metric(all_stats: Sequence[ModelStats]) -> Iterator[Metric]:
+    """Triton's ``nv_inference_first_response_histogram_ms``: decoupled models, with histogram_latencies=true."""
+    with_first = [s for s in all_stats if s.first_response is not None]
+    if not with_first:
+        return
+    name = "nv_inference_first_response_histogram_ms"
+    hist = Metric(name, "Duration from request to first response in milliseconds", "histogram")
+    for s in with_first:
+        h, labels = s.first_response, {"model": s.name, "version": s.version}
+        assert h is not None
+        _add_histogram(hist, labels, h.cumulative_buckets(), h.count, h.total)
+    yield hist
+
+
+def _add_histogram(
+    metric: Metric, labels: dict[str, str], buckets: list[tuple[str, int]], count: int, total: float
+) -> None:
+    for bound, n in buckets:
+        metric.add_sample(metric.name + "_bucket", {**labels, "le": bound}, n)
+    metric.add_sample(metric.name + "_count", labels, count)
+    metric.add_sample(metric.name + "_sum", labels, total)
+
+
 def _latency_metrics(all_stats: Sequence[ModelStats]) -> Iterator[Metric]:
     """Triton's summaries (nv_inference_request_summary_us, ...) and Kiln's histograms, when enabled."""
+    yield from _first_response_metric(all_stats)
     with_latency = [s for s in all_stats if s.latency]
     if not with_latency:
         return
@@ -99,10 +123,7 @@ def _latency_metrics(all_stats: Sequence[ModelStats]) -> Iterator[Metric]:
             )
             for s in with_latency:
                 window, labels = s.latency[kind], {"model": s.name, "version": s.version}
-                for bound, count in window.cumulative_buckets():
-                    hist.add_sample(name + "_bucket", {**labels, "le": bound}, count)
-                hist.add_sample(name + "_count", labels, window.count)
-                hist.add_sample(name + "_sum", labels, window.total_us)
+                _add_histogram(hist, labels, window.cumulative_buckets(), window.count, window.total_us)
             yield hist
 
 
