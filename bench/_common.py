@@ -6,7 +6,6 @@ import argparse
 import contextlib
 import dataclasses
 import datetime as dt
-import importlib.util
 import os
 import platform
 import re
@@ -75,29 +74,14 @@ class PerfAnalyzer:
     env: dict[str, str]
 
 
-def cuda_runtime_lib_dir() -> Path:
-    """site-packages/nvidia/cuda_runtime/lib (from nvidia-cuda-runtime-cu12, see bench/setup.sh)."""
-    candidates: list[Path] = sorted(venv_dir().glob("lib/python3*/site-packages/nvidia/cuda_runtime/lib"))
-    spec = importlib.util.find_spec("nvidia.cuda_runtime") if importlib.util.find_spec("nvidia") else None
-    if spec is not None and spec.submodule_search_locations:
-        candidates += [Path(p) / "lib" for p in spec.submodule_search_locations]
-    for lib in candidates:
-        if (lib / "libcudart.so.12").exists():
-            return lib
-    raise FileNotFoundError(
-        "libcudart.so.12 not found under site-packages/nvidia/cuda_runtime/lib; run `bash bench/setup.sh`"
-    )
-
-
 def perf_analyzer() -> PerfAnalyzer:
-    """perf_analyzer from the venv (tritonclient wheel) and an environment in which it loads."""
-    path = venv_dir() / "bin" / "perf_analyzer"
-    if not path.exists():
-        raise FileNotFoundError(f"{path} not found; install tritonclient==2.50.0 into the venv")
-    env = dict(os.environ)
-    lib = str(cuda_runtime_lib_dir())
-    env["LD_LIBRARY_PATH"] = lib + (os.pathsep + env["LD_LIBRARY_PATH"] if env.get("LD_LIBRARY_PATH") else "")
-    return PerfAnalyzer(path=path, env=env)
+    """perf_analyzer from the venv (tritonclient wheel) and an environment in which it loads (the same as
+    `kiln perf-analyzer` builds)."""
+    from kiln.cli import perf_analyzer as pa
+
+    bin_dir = venv_dir() / "bin"
+    site_dirs = sorted(venv_dir().glob("lib/python3*/site-packages"))
+    return PerfAnalyzer(path=pa.executable(bin_dir), env=pa.environment(site_dirs=site_dirs))
 
 
 def build_add_sub_repository(root: Path, name: str = "add_sub") -> Path:

@@ -252,8 +252,9 @@ class Core:
         assert model is not None and stats is not None
         if model.decoupled and not streaming:
             raise UnimplementedError(
-                f"model '{model.name}' uses the decoupled transaction policy (any number of responses per "
-                f"request), which a one-response endpoint cannot carry; use gRPC ModelStreamInfer"
+                f"this end point doesn't support models with decoupled transaction policy: model "
+                f"'{model.name}' may send any number of responses per request, which a one-response endpoint "
+                f"cannot carry; use gRPC ModelStreamInfer"
             )
         stats.pending += 1
         status.enter()

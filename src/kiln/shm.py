@@ -182,7 +182,7 @@ class SharedMemoryRegistry:
             for tensor in inputs:
                 region = binding.hold(self._acquire(tensor.parameters[REGION], tensor.name))
                 offset, size = _window(tensor.parameters, f"input '{tensor.name}'")
-                _read_input(region, tensor, offset, size)
+                _read_input(region, tensor, offset, size, request.model_name)
             for out in outputs:
                 if out.classification:
                     raise InvalidArgumentError(
@@ -246,16 +246,16 @@ def _window(params: dict[str, object], where: str) -> tuple[int, int]:
     return offset, size  # type: ignore[return-value]
 
 
-def _read_input(region: Region, tensor: InputTensor, offset: int, size: int) -> None:
+def _read_input(region: Region, tensor: InputTensor, offset: int, size: int, model: str) -> None:
     if tensor.datatype.name != "BYTES":
         expected = tensors.element_count(tensor.shape) * tensor.datatype.itemsize
         if size != expected:
             raise InvalidArgumentError(
-                f"input '{tensor.name}': shared_memory_byte_size is {size} but shape {list(tensor.shape)} of "
-                f"{tensor.datatype.name} needs {expected} bytes"
+                tensors.byte_size_mismatch(tensor.name, model, expected, size, tensor.shape, tensor.datatype)
+                + ": the input's shared_memory_byte_size"
             )
     raw = region.read(tensor.name, offset, size)
-    tensor.data = tensors.from_raw(tensor.name, tensor.datatype, tensor.shape, memoryview(raw))
+    tensor.data = tensors.from_raw(tensor.name, tensor.datatype, tensor.shape, memoryview(raw), model)
 
 
 def _refuse_stray(params: dict[str, object], where: str) -> None:

@@ -174,28 +174,37 @@ def still_serving(server: KilnProcess) -> Iterator[None]:
 
 # -- bad inference requests at both transports -----------------------------------------------------------------
 SHM = {"shared_memory_region": "region0", "shared_memory_byte_size": 4 * N}
+# Triton's texts (its clients and tests match on them; docs/decisions.md)
+JSON_ERROR = "failed to parse the request JSON buffer: malformed JSON in request"
+SHAPE_ERROR = "unexpected shape for input 'INPUT0' for model 'add_sub'. Expected [-1,16], got "
+MISSING_INPUT = (
+    "expected 2 inputs but got 1 inputs for model 'add_sub'. Got input(s) ['INPUT0'], but missing "
+    "required input(s) ['INPUT1']"
+)
+NOT_READY = "Request for unknown model: 'garbage_file' has no available versions"
+
 # fmt: off
 CASES = [
     Case("unknown-model", pair(), 404, "'no_such_model' is not found", model="no_such_model"),
     Case("unknown-version", pair(), 404, "'add_sub' version 9 is not found", version="9"),
     Case("non-integer-version", pair(), 400, "model version must be an integer, got 'one'", version="one"),
-    Case("failed-model", pair(), 503, "model 'garbage_file' is not ready", model="garbage_file"),
-    Case("missing-input", pair()[:1], 400, "missing ['INPUT1']"),
+    Case("failed-model", pair(), 503, NOT_READY, model="garbage_file"),
+    Case("missing-input", pair()[:1], 400, MISSING_INPUT),
     Case("unknown-input", [*pair(), fp32("INPUT9", [1, N])], 400, "unexpected inference input 'INPUT9'"),
     Case("duplicate-input", [*pair(), fp32("INPUT0", [1, N])], 400, "'INPUT0' is given more than once"),
     Case("unknown-output", pair(), 400, "unexpected inference output 'OUTPUT9'", outputs=[("OUTPUT9", {})]),
     Case("duplicate-output", pair(), 400, "'OUTPUT0' is requested more than once",
          outputs=[("OUTPUT0", {}), ("OUTPUT0", {})]),
     Case("wrong-datatype", [Tensor("INPUT0", "FP64", [1, N], [0.5] * N), pair()[1]], 400,
-         "'INPUT0' has datatype FP64, model 'add_sub' expects FP32"),
+         "inference input 'INPUT0' data-type is 'FP64', but model 'add_sub' expects 'FP32'"),
     Case("unsupported-datatype", [Tensor("INPUT0", "FP8", [1, N], [0.5] * N), pair()[1]], 400,
          "unsupported datatype 'FP8'"),
-    Case("wrong-shape", [fp32("INPUT0", [1, 15]), pair()[1]], 400, "'INPUT0' has shape [1, 15]"),
-    Case("wrong-rank", [fp32("INPUT0", [N]), pair()[1]], 400, "'INPUT0' has shape [16]"),
-    Case("batch-above-max", pair(9), 400, "between 1 and 8 for model 'add_sub', got 9"),
-    Case("batch-zero", pair(0), 400, "between 1 and 8 for model 'add_sub', got 0"),
+    Case("wrong-shape", [fp32("INPUT0", [1, 15]), pair()[1]], 400, SHAPE_ERROR + "[1,15]"),
+    Case("wrong-rank", [fp32("INPUT0", [N]), pair()[1]], 400, SHAPE_ERROR + "[16]"),
+    Case("batch-above-max", pair(9), 400, "inference request batch-size must be <= 8 for 'add_sub' (got 9)"),
+    Case("batch-zero", pair(0), 400, "inference request batch-size must be >= 1 for 'add_sub' (got 0)"),
     Case("batch-mismatch", [fp32("INPUT0", [1, N]), fp32("INPUT1", [2, N])], 400,
-         "'INPUT1' has batch size 2 but other inputs have 1"),
+         "input 'INPUT1' batch size does not match other inputs for 'add_sub' (2 vs 1)"),
     Case("negative-dim", [fp32("INPUT0", [-1, N], N), pair()[1]], 400, "'INPUT0': invalid shape [-1, 16]"),
     Case("too-few-values", [fp32("INPUT0", [1, N], N - 1), pair()[1]], 400, "'INPUT0': got 15 values"),
     Case("too-many-values", [fp32("INPUT0", [1, N], N + 1), pair()[1]], 400, "'INPUT0': got 17 values"),
@@ -263,8 +272,8 @@ def header_length(value: str) -> dict[str, str]:
 TRUNCATED_BYTES = struct.pack("<I", 100) + b"abc"  # one BYTES element declaring 100 bytes, 3 present
 # fmt: off
 HTTP_CASES: list[tuple[str, str, bytes, dict[str, str], int, str]] = [
-    ("malformed-json", ADD_SUB, b'{"inputs": [', {}, 400, "malformed JSON in request"),
-    ("not-utf8", ADD_SUB, b"\xff\xfe\x00garbage", {}, 400, "malformed JSON in request"),
+    ("malformed-json", ADD_SUB, b'{"inputs": [', {}, 400, JSON_ERROR),
+    ("not-utf8", ADD_SUB, b"\xff\xfe\x00garbage", {}, 400, JSON_ERROR),
     ("not-an-object", ADD_SUB, b"[1, 2, 3]", {}, 400, "inference request must be a JSON object"),
     ("missing-inputs", ADD_SUB, b"{}", {}, 400, "needs a non-empty 'inputs' list"),
     ("empty-inputs", ADD_SUB, b'{"inputs": []}', {}, 400, "needs a non-empty 'inputs' list"),
@@ -295,7 +304,7 @@ HTTP_CASES: list[tuple[str, str, bytes, dict[str, str], int, str]] = [
     ("binary-size-negative", ADD_SUB, *add_sub_binary(-1, 4 * N, RAW * 2), 400,
      "input 'INPUT0': binary_data_size must be an integer >= 0"),
     ("binary-size-off-shape", ADD_SUB, *add_sub_binary(4 * N - 4, 4 * N + 4, RAW * 2), 400,
-     "input 'INPUT0': got 60 bytes of data but shape [1, 16] of FP32 needs 64 bytes"),
+     "input byte size mismatch for input 'INPUT0' for model 'add_sub'. Expected 64, got 60"),
     ("header-length-past-body", ADD_SUB, GOOD, header_length("99999"), 400, "99999 does not fit a body"),
     ("header-length-negative", ADD_SUB, GOOD, header_length("-1"), 400, "-1 does not fit a body"),
     ("header-length-not-int", ADD_SUB, GOOD, header_length("12abc"), 400, "'12abc' is not an integer"),
@@ -337,7 +346,11 @@ def test_http_refuses_decompression_bomb(server: KilnProcess, encoding: str) -> 
         ("/v2/models/no_such_model/ready", 404, "'no_such_model' is not found"),
         ("/v2/models/add_sub/versions/9", 404, "'add_sub' version 9 is not found"),
         ("/v2/models/add_sub/versions/x/config", 400, "model version must be an integer, got 'x'"),
-        ("/v2/models/garbage_file/config", 503, "model 'garbage_file' is not ready"),
+        (
+            "/v2/models/garbage_file/config",
+            503,
+            NOT_READY,
+        ),
         ("/v2/models/add_sub/infer", 405, "method GET is not allowed"),
     ],
 )
@@ -369,7 +382,7 @@ GRPC_CASES: list[tuple[str, InferPb, str]] = [
     ("no-inputs", InferPb(model_name="add_sub"), "inference request has no inputs"),
     ("raw-count-mismatch", raw_pb("add_sub", ADD_SUB_IN, [RAW]), "raw_input_contents has 1 entries for 2 inputs"),
     ("raw-wrong-byte-count", raw_pb("add_sub", ADD_SUB_IN, [RAW[:-4], RAW]),
-     "input 'INPUT0': got 60 bytes of data but shape [1, 16] of FP32 needs 64 bytes"),
+     "input byte size mismatch for input 'INPUT0' for model 'add_sub'. Expected 64, got 60"),
     ("typed-and-raw", TYPED_AND_RAW, "'INPUT0' has both typed contents and raw_input_contents"),
     ("truncated-bytes-element", raw_pb("identity_bytes", BYTES_IN, [TRUNCATED_BYTES]),
      "input 'INPUT0': BYTES element 0 declares 100 bytes but only 3 remain"),

@@ -80,7 +80,9 @@ def test_a_non_batching_step_inside_a_batching_ensemble(server: KilnProcess) -> 
     np.testing.assert_array_equal(result.as_numpy("TWICE_A"), 2 * a)
     assert result.as_numpy("TWICE_A").shape == (1, 4)
     two = np.ones((2, 4), np.float32)
-    with pytest.raises(InferenceServerException, match="in ensemble 'mixed', input 'INPUT0' has shape"):
+    with pytest.raises(
+        InferenceServerException, match="in ensemble 'mixed', unexpected shape for input 'INPUT0'"
+    ):
         client.infer("mixed", _inputs(httpclient, A=two, B=two))
 
 
@@ -128,7 +130,7 @@ def test_bad_requests_get_the_ensemble_s_own_checks(server: KilnProcess) -> None
     x = np.ones((1, 4), np.float32)
     with pytest.raises(InferenceServerException, match="missing"):
         client.infer("chain", _inputs(httpclient, A=x))
-    with pytest.raises(InferenceServerException, match="batch-size must be between 1 and 8"):
+    with pytest.raises(InferenceServerException, match="batch-size must be <= 8"):
         big = np.ones((9, 4), np.float32)
         client.infer("chain", _inputs(httpclient, A=big, B=big))
 

@@ -110,7 +110,7 @@ def test_explicit_mode_loads_only_what_is_asked(repo: Path, tmp_path: Path) -> N
         grpc.unload_model("alpha")
         assert not http.is_model_ready("alpha")
         assert index(grpc)["alpha"]["reason"] == "unloaded"
-        with pytest.raises(InferenceServerException, match="not ready"):
+        with pytest.raises(InferenceServerException, match="'alpha' has no available versions: unloaded"):
             http.infer("alpha", add_sub_inputs(httpclient))
         assert http.get_model_repository_index() and index(http)["beta"]["state"] == "READY"
         grpc.load_model("alpha")

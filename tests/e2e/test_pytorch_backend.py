@@ -124,7 +124,9 @@ def test_the_traced_and_exported_mlps_match_torch_in_process(server: KilnProcess
 def test_a_wrong_dtype_or_shape_is_refused_clearly(server: KilnProcess, module: Any) -> None:
     client = module.InferenceServerClient(server.http_url if module is httpclient else server.grpc_url)
     ok = np.ones((1, 4), np.float32)
-    with pytest.raises(InferenceServerException, match="has datatype FP64, model 'add_sub' expects FP32"):
+    with pytest.raises(
+        InferenceServerException, match="data-type is 'FP64', but model 'add_sub' expects 'FP32'"
+    ):
         client.infer("add_sub", [_input(module, "INPUT__0", ok.astype(np.float64), "FP64"),
                                  _input(module, "INPUT__1", ok, "FP32")])  # fmt: skip
     with pytest.raises(InferenceServerException, match=r"expects \[batch\] \+ \[4\]"):

@@ -124,6 +124,6 @@ def test_tflite_float_and_int8(server: KilnProcess, module: Any) -> None:
 def test_wrong_datatype_is_refused_clearly(server: KilnProcess, module: Any) -> None:
     images = np.zeros((1, 4, 4, 3), np.float32)
     with pytest.raises(
-        InferenceServerException, match="has datatype FP32, model 'tf_classifier' expects UINT8"
+        InferenceServerException, match=r"data-type is 'FP32', but model 'tf_classifier' expects 'UINT8'"
     ):
         client(server, module).infer("tf_classifier", [tensor(module, "image", images, "FP32")])

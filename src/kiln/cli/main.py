@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from kiln import __version__
-from kiln.cli import bench, build, serve
+from kiln.cli import bench, build, perf_analyzer, serve
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,10 +20,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_parser(sub)
     build.add_parser(sub)
     bench.add_parser(sub)
+    perf_analyzer.add_parser(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["perf-analyzer"]:  # every argument after it is perf_analyzer's, options included
+        return perf_analyzer.run(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

@@ -69,13 +69,13 @@ def infer_request_from_pb(pb: service_pb2.ModelInferRequest) -> InferRequest:
     if not pb.inputs:
         raise InvalidArgumentError("inference request has no inputs")
     for i, tensor in enumerate(pb.inputs):
-        request.inputs.append(_input_from_pb(tensor, raw[i] if raw else None))
+        request.inputs.append(_input_from_pb(tensor, raw[i] if raw else None, pb.model_name))
     if pb.outputs:
         request.outputs = [_output_from_pb(o) for o in pb.outputs]
     return request
 
 
-def _input_from_pb(pb: service_pb2.InferInputTensor, raw: bytes | None) -> InputTensor:
+def _input_from_pb(pb: service_pb2.InferInputTensor, raw: bytes | None, model: str) -> InputTensor:
     name = pb.name
     dtype = datatypes.from_name(pb.datatype)
     shape = tensors.check_shape(name, list(pb.shape))
@@ -84,7 +84,7 @@ def _input_from_pb(pb: service_pb2.InferInputTensor, raw: bytes | None) -> Input
     if raw is not None:
         if has_contents:
             raise InvalidArgumentError(f"input '{name}' has both typed contents and raw_input_contents")
-        return InputTensor(name, dtype, shape, tensors.from_raw(name, dtype, shape, raw), params)
+        return InputTensor(name, dtype, shape, tensors.from_raw(name, dtype, shape, raw, model), params)
     if "shared_memory_region" in params:
         return InputTensor(name, dtype, shape, np.empty(0), params)
     field = CONTENTS_FIELD.get(dtype.name)

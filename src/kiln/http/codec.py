@@ -22,7 +22,9 @@ def parse_json(body: bytes | memoryview, what: str = "request") -> Any:
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as e:
-        raise InvalidArgumentError(f"malformed JSON in {what}: {e}") from None
+        raise InvalidArgumentError(
+            f"failed to parse the request JSON buffer: malformed JSON in {what}: {e}"
+        ) from None
 
 
 def _dict(value: Any, what: str) -> dict[str, Any]:
@@ -75,7 +77,7 @@ def decode_infer_request(
         raise InvalidArgumentError("inference request needs a non-empty 'inputs' list")
     offset = 0
     for item in raw_inputs:
-        tensor, used = _decode_input(_dict(item, "each input"), binary, offset)
+        tensor, used = _decode_input(_dict(item, "each input"), binary, offset, model_name)
         offset += used
         request.inputs.append(tensor)
     if offset != len(binary):
@@ -99,7 +101,9 @@ def _id(value: Any) -> str:
     return value
 
 
-def _decode_input(item: dict[str, Any], binary: memoryview, offset: int) -> tuple[InputTensor, int]:
+def _decode_input(
+    item: dict[str, Any], binary: memoryview, offset: int, model: str
+) -> tuple[InputTensor, int]:
     name = item.get("name")
     if not isinstance(name, str) or not name:
         raise InvalidArgumentError("every input needs a 'name' string")
@@ -123,7 +127,7 @@ def _decode_input(item: dict[str, Any], binary: memoryview, offset: int) -> tupl
                 f"input '{name}': binary_data_size {size} runs past the end of the binary data "
                 f"({len(binary) - offset} bytes left)"
             )
-        data = tensors.from_raw(name, dtype, shape, binary[offset : offset + size])
+        data = tensors.from_raw(name, dtype, shape, binary[offset : offset + size], model)
         return InputTensor(name, dtype, shape, data, params), size
     if "data" not in item:
         if "shared_memory_region" in params:

@@ -375,7 +375,7 @@ class ModelManager:
             ready = [v for v in entry.versions.values() if v.state is ModelState.READY]
             if not ready:
                 why = f": {entry.reason}" if entry.reason else ""
-                raise UnavailableError(f"model '{name}' is not ready{why}")
+                raise UnavailableError(f"Request for unknown model: '{name}' has no available versions{why}")
             entry.latest = max(ready, key=lambda v: v.version)
             return entry.latest
         try:
@@ -387,7 +387,9 @@ class ModelManager:
             raise NotFoundError(f"Request for unknown model: '{name}' version {number} is not found")
         if status.state is not ModelState.READY:
             why = f": {status.reason}" if status.reason else ""
-            raise UnavailableError(f"model '{name}' version {number} is not ready{why}")
+            raise UnavailableError(
+                f"Request for unknown model: '{name}' version {number} is not at ready state{why}"
+            )
         return status
 
     def index(self, ready_only: bool = False) -> list[IndexEntry]:

@@ -10,6 +10,7 @@ from pathlib import Path, PurePosixPath
 
 from kiln.errors import InvalidArgumentError, ResourceExhaustedError
 
+NAME_MAX = 255  # bytes in one path component (Linux)
 MODEL_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,254}$")
 
 
@@ -22,14 +23,21 @@ def check_model_name(name: str) -> None:
 
 
 def safe_relative_path(rel: str) -> PurePosixPath:
-    """A ``file:`` override path: relative, normalised, never leaving the model's directory."""
+    """A ``file:`` override path: relative, normalised, never leaving the model's directory, each component a
+    valid file name. Messages start with Triton's "Invalid file path", which its model-control example matches."""
     path = PurePosixPath(rel)
     if not rel or path.is_absolute() or "\\" in rel or any(part in ("..", "") for part in rel.split("/")):
         raise InvalidArgumentError(
-            f"file override path '{rel}' must be a relative path inside the model directory"
+            f"Invalid file path '{rel}': must be a relative path inside the model directory"
         )
     if path.parts[0] == "." or any(part.startswith(".") for part in path.parts):
-        raise InvalidArgumentError(f"file override path '{rel}' may not contain hidden or '.' components")
+        raise InvalidArgumentError(f"Invalid file path '{rel}': hidden or '.' components are not allowed")
+    too_long = [p for p in path.parts if len(p.encode()) > NAME_MAX]
+    if too_long:
+        raise InvalidArgumentError(
+            f"Invalid file path '{rel[:64]}...': a component is {len(too_long[0].encode())} bytes long, "
+            f"more than the {NAME_MAX} a file name may have"
+        )
     return path
 
 

@@ -17,6 +17,7 @@ from kiln.config.fields import check_fields
 from kiln.config.schema import model_config_pb2
 from kiln.config.sequence import SequenceOptions, sequence_options, without_sequence_tensors
 from kiln.errors import InternalError, InvalidArgumentError, ModelConfigError, ModelLoadError
+from kiln.model import messages
 from kiln.model.conversions import lossless, reshape_target, same_kind, wire_name
 from kiln.model.instances import KIND_CPU, instance_contexts
 from kiln.types import InferRequest, InferResponse, OutputTensor, RequestedOutput, TensorMetadata, datatypes
@@ -192,25 +193,27 @@ class Model:
                 raise InvalidArgumentError(f"input '{tensor.name}' is given more than once")
             if tensor.datatype != spec.datatype:
                 raise InvalidArgumentError(
-                    f"input '{tensor.name}' has datatype {tensor.datatype.name}, "
-                    f"model '{self.name}' expects {spec.datatype.name}"
+                    messages.wrong_datatype(tensor.name, self.name, tensor.datatype.name, spec.datatype.name)
                 )
             shape = tensor.shape
             if self.max_batch_size > 0:
                 if len(shape) != len(spec.dims) + 1:
                     raise InvalidArgumentError(
-                        f"input '{tensor.name}' has shape {list(shape)}; model '{self.name}' expects "
-                        f"[batch, {', '.join(map(str, spec.dims))}] (rank {len(spec.dims) + 1})"
+                        messages.unexpected_shape(tensor.name, self.name, spec.dims, True, shape)
                     )
                 batch = shape[0]
-                if batch < 1 or batch > self.max_batch_size:
+                if batch > self.max_batch_size:
                     raise InvalidArgumentError(
-                        f"inference request batch-size must be between 1 and {self.max_batch_size} for "
-                        f"model '{self.name}', got {batch}"
+                        messages.batch_too_large(self.name, self.max_batch_size, batch)
+                    )
+                if batch < 1:
+                    raise InvalidArgumentError(
+                        f"inference request batch-size must be >= 1 for '{self.name}' (got {batch})"
                     )
                 if batch_size and batch != batch_size:
                     raise InvalidArgumentError(
-                        f"input '{tensor.name}' has batch size {batch} but other inputs have {batch_size}"
+                        f"input '{tensor.name}' batch size does not match other inputs for '{self.name}' "
+                        f"({batch} vs {batch_size})"
                     )
                 batch_size = batch
                 item_shape = shape[1:]
@@ -218,10 +221,10 @@ class Model:
                 item_shape = shape
                 batch_size = 1
             if item_shape != spec.dims and not spec.accepts(item_shape):
-                batch_note = "[batch] + " if self.max_batch_size > 0 else ""
                 raise InvalidArgumentError(
-                    f"input '{tensor.name}' has shape {list(shape)}; model '{self.name}' expects "
-                    f"{batch_note}{list(spec.dims)} (-1 = any size)"
+                    messages.unexpected_shape(
+                        tensor.name, self.name, spec.dims, self.max_batch_size > 0, shape
+                    )
                 )
             data = tensor.data
             if spec.model_dims is not None:
@@ -234,11 +237,10 @@ class Model:
                         f"{list(spec.model_dims)}"
                     ) from None
             feeds[tensor.name] = data
-        missing = [n for n, s in self.inputs.items() if n not in feeds and not s.optional]
-        if missing:
+        required = [n for n, s in self.inputs.items() if not s.optional]
+        if any(n not in feeds for n in required):
             raise InvalidArgumentError(
-                f"expected {len(self.inputs)} inputs but got {len(feeds)} for model '{self.name}': "
-                f"missing {missing}"
+                messages.wrong_input_count(self.name, list(feeds), required, len(self.inputs))
             )
         return PreparedRequest(feeds, self._requested_outputs(request), batch_size or 1)
 

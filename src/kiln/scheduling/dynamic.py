@@ -133,7 +133,8 @@ class DynamicBatcher(Scheduler):
         self._timer = None
         for pending in self.queue.expire(self.clock()):
             self._finish(
-                pending.payload, UnavailableError("request timed out in the queue (timeout expired)")
+                pending.payload,
+                UnavailableError("Request timeout expired: the request timed out in the queue"),
             )
         self._arm_timer()
         self.changed.set()

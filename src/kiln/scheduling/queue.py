@@ -120,7 +120,7 @@ class RequestQueue:
         level = self.levels[item.level]
         if level.policy.max_queue_size and len(level.items) >= level.policy.max_queue_size:
             raise UnavailableError(
-                f"request rejected: the queue for priority level {item.level + 1} is full "
+                f"Exceeds maximum queue size: the queue for priority level {item.level + 1} is full "
                 f"(max_queue_size {level.policy.max_queue_size})"
             )
         timeout = self.timeout_ns(item.level, timeout_us)

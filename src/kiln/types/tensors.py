@@ -37,18 +37,28 @@ def element_count(shape: Sequence[int]) -> int:
     return n
 
 
-def from_raw(name: str, dtype: DataType, shape: tuple[int, ...], raw: bytes | memoryview) -> np.ndarray:
+def from_raw(
+    name: str, dtype: DataType, shape: tuple[int, ...], raw: bytes | memoryview, model: str = ""
+) -> np.ndarray:
     """Decode binary tensor data (Triton binary extension / gRPC raw contents)."""
     count = element_count(shape)
     if dtype.name == "BYTES":
         return _bytes_from_raw(name, shape, count, raw)
     expected = count * dtype.itemsize
     if len(raw) != expected:
-        raise InvalidArgumentError(
-            f"input '{name}': got {len(raw)} bytes of data but shape {list(shape)} of {dtype.name} "
-            f"needs {expected} bytes"
-        )
+        raise InvalidArgumentError(byte_size_mismatch(name, model, expected, len(raw), shape, dtype))
     return np.frombuffer(raw, dtype=dtype.numpy).reshape(shape)
+
+
+def byte_size_mismatch(
+    name: str, model: str, expected: int, got: int, shape: tuple[int, ...], dtype: DataType
+) -> str:
+    """Triton's message (its clients and tests match on it), then what the shape needs."""
+    for_model = f" for model '{model}'" if model else ""
+    return (
+        f"input byte size mismatch for input '{name}'{for_model}. Expected {expected}, got {got} "
+        f"(shape {list(shape)} of {dtype.name})"
+    )
 
 
 def _bytes_from_raw(name: str, shape: tuple[int, ...], count: int, raw: bytes | memoryview) -> np.ndarray:
