@@ -61,15 +61,19 @@ def params_to_pb(target: Any, params: dict[str, Any]) -> None:
 def infer_request_from_pb(pb: service_pb2.ModelInferRequest) -> InferRequest:
     request = InferRequest(pb.model_name, pb.model_version, pb.id, parameters=params_from_pb(pb.parameters))
     raw = pb.raw_input_contents
-    if raw and len(raw) != len(pb.inputs):
+    # as Triton: raw_input_contents go, in order, to the inputs whose data is not in shared memory
+    in_band = [t for t in pb.inputs if "shared_memory_region" not in t.parameters]
+    if raw and len(raw) != len(in_band):
         raise InvalidArgumentError(
-            f"raw_input_contents has {len(raw)} entries for {len(pb.inputs)} inputs; use raw contents for "
-            f"all inputs or for none"
+            f"raw_input_contents has {len(raw)} entries for {len(in_band)} inputs not in shared memory; use raw "
+            f"contents for all of them or for none"
         )
     if not pb.inputs:
         raise InvalidArgumentError("inference request has no inputs")
-    for i, tensor in enumerate(pb.inputs):
-        request.inputs.append(_input_from_pb(tensor, raw[i] if raw else None, pb.model_name))
+    contents = iter(raw)
+    for tensor in pb.inputs:
+        data = next(contents) if raw and "shared_memory_region" not in tensor.parameters else None
+        request.inputs.append(_input_from_pb(tensor, data, pb.model_name))
     if pb.outputs:
         request.outputs = [_output_from_pb(o) for o in pb.outputs]
     return request
