@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
 import urllib.request
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -31,7 +34,15 @@ def wait_until(condition: Callable[[], object], timeout: float = 10.0, what: str
 class KilnProcess:
     """A ``kiln serve`` subprocess; ``start()`` returns once HTTP and gRPC answer."""
 
-    def __init__(self, repositories: Sequence[Path], *extra: str, log_dir: Path) -> None:
+    def __init__(
+        self,
+        repositories: Sequence[Path],
+        *extra: str,
+        log_dir: Path,
+        http_ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        # http_ssl_context: the server's HTTP port speaks TLS; readiness is checked over https with this context
+        self.http_ssl_context = http_ssl_context
         self.http_port, self.grpc_port, self.metrics_port = free_port(), free_port(), free_port()
         self.http_url = f"127.0.0.1:{self.http_port}"
         self.grpc_url = f"127.0.0.1:{self.grpc_port}"
@@ -63,8 +74,10 @@ class KilnProcess:
         while time.monotonic() < deadline:
             if self.proc is not None and self.proc.poll() is not None:
                 raise RuntimeError(f"kiln serve exited with {self.proc.returncode}:\n{self.log()}")
+            scheme = "http" if self.http_ssl_context is None else "https"
+            url = f"{scheme}://{self.http_url}/v2/health/live"
             try:
-                with urllib.request.urlopen(f"http://{self.http_url}/v2/health/live", timeout=1) as r:
+                with urllib.request.urlopen(url, timeout=1, context=self.http_ssl_context) as r:
                     if r.status == 200:
                         return
             except OSError:
@@ -97,3 +110,71 @@ class KilnProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+@dataclass(frozen=True)
+class Certificates:
+    """PEM files made for one test run: a CA, a server certificate for 127.0.0.1 and localhost, a client
+    certificate from that CA, and a second CA with a client certificate of its own (which the server must refuse).
+    """
+
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+    other_ca: Path
+    other_client_cert: Path
+    other_client_key: Path
+
+
+_CONFIG = """[req]
+distinguished_name = dn
+prompt = no
+[dn]
+CN = {cn}
+[ext]
+{extensions}
+subjectKeyIdentifier = hash
+"""
+_CA_EXTENSIONS = "basicConstraints = critical, CA:TRUE\nkeyUsage = critical, keyCertSign, cRLSign"
+_LEAF_EXTENSIONS = (
+    "basicConstraints = critical, CA:FALSE\nkeyUsage = critical, digitalSignature\n"
+    "authorityKeyIdentifier = keyid\nextendedKeyUsage = {usage}"
+)
+
+
+def _openssl(*args: str | Path) -> None:
+    subprocess.run(["openssl", *map(str, args)], check=True, capture_output=True, timeout=30)
+
+
+def _issue(directory: Path, name: str, extensions: str, ca: tuple[Path, Path] | None) -> tuple[Path, Path]:
+    """A P-256 key and a certificate for ``name``: self-signed when ``ca`` is None, else signed by (cert, key)."""
+    config, key, cert = (directory / f"{name}{suffix}" for suffix in (".cnf", ".key", ".pem"))
+    config.write_text(_CONFIG.format(cn=f"kiln test {name}", extensions=extensions))
+    new_key = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", key)
+    if ca is None:
+        _openssl(
+            "req", "-x509", "-config", config, "-extensions", "ext", *new_key, "-out", cert, "-days", "2"
+        )
+        return cert, key
+    request = directory / f"{name}.csr"
+    _openssl("req", "-new", "-config", config, *new_key, "-out", request)
+    _openssl(
+        "x509", "-req", "-in", request, "-CA", ca[0], "-CAkey", ca[1], "-set_serial", str(secrets.randbits(62)),
+        "-days", "2", "-extfile", config, "-extensions", "ext", "-out", cert,
+    )  # fmt: skip
+    return cert, key
+
+
+def make_certificates(directory: Path) -> Certificates:
+    """Every file of :class:`Certificates`, made with the ``openssl`` command into ``directory``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    ca = _issue(directory, "ca", _CA_EXTENSIONS, None)
+    other_ca = _issue(directory, "other-ca", _CA_EXTENSIONS, None)
+    server_extensions = _LEAF_EXTENSIONS.format(usage="serverAuth")
+    server_extensions += "\nsubjectAltName = IP:127.0.0.1, DNS:localhost"
+    server = _issue(directory, "server", server_extensions, ca)
+    client = _issue(directory, "client", _LEAF_EXTENSIONS.format(usage="clientAuth"), ca)
+    other_client = _issue(directory, "other-client", _LEAF_EXTENSIONS.format(usage="clientAuth"), other_ca)
+    return Certificates(ca[0], *server, *client, other_ca[0], *other_client)

@@ -11,7 +11,7 @@ import time
 from collections.abc import AsyncIterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import kiln
 from kiln.cache import CacheOptions, ResponseCache, cache_key
@@ -32,6 +32,10 @@ from kiln.shm import SharedMemoryRegistry
 from kiln.stats import ModelStats
 from kiln.types import InferRequest, InferResponse, ModelMetadata, ServerMetadata
 
+if TYPE_CHECKING:
+    from kiln.tracing import TraceManager
+    from kiln.tracing.trace import Trace
+
 log = logging.getLogger(__name__)
 
 EXTENSIONS = [
@@ -44,6 +48,7 @@ EXTENSIONS = [
     "sequence",
     "statistics",
     "system_shared_memory",
+    "trace",
 ]
 
 
@@ -65,6 +70,8 @@ class Core:
         self.shared_memory = SharedMemoryRegistry()  # the system shared memory extension's regions
         self.cache = ResponseCache(self.options.cache) if self.options.cache is not None else None
         self.log_control: LogControl | None = None  # the logging extension (set by the server)
+        self.tracing: TraceManager | None = None  # the trace extension (set by the server)
+        self.tracer: TraceManager | None = None  # the same while a trace setting can sample: the one check
         self.live = True
 
     # -- lifecycle -----------------------------------------------------------------------------------------
@@ -78,6 +85,8 @@ class Core:
     async def close(self) -> None:
         await self.manager.close()
         self.shared_memory.close()
+        if self.tracing is not None:
+            self.tracing.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
 
     async def load_model(self, name: str, parameters: Mapping[str, object] | None = None) -> None:
@@ -94,6 +103,16 @@ class Core:
         if self.log_control is None:
             raise UnimplementedError("the logging extension needs a running server")
         return self.log_control.update(changes) if changes else self.log_control.as_dict()
+
+    def trace_settings(
+        self, model: str = "", changes: Mapping[str, object] | None = None
+    ) -> dict[str, object]:
+        """The trace extension: the global or one model's settings, after applying ``changes`` when given."""
+        if self.tracing is None:
+            raise UnimplementedError("the trace extension needs a running server")
+        if model:
+            self.manager.resolve(model, "")  # an unknown or unready model is an error
+        return self.tracing.get(model) if changes is None else self.tracing.update(model, changes)
 
     # -- health and metadata -------------------------------------------------------------------------------
     def is_live(self) -> bool:
@@ -269,8 +288,10 @@ class Core:
         sender = ResponseSender(asyncio.get_running_loop(), decoupled=model.decoupled)
         work = Work(request, prepared.feeds, [o.name for o in prepared.outputs], prepared.batch_size, sender)
         assert status.scheduler is not None
+        tracer = self.tracer
+        trace = None if tracer is None else tracer.begin(request, model, work, start)
         return _Admitted(
-            status, model, stats, status.scheduler, work, prepared, start, time.perf_counter_ns()
+            status, model, stats, status.scheduler, work, prepared, start, time.perf_counter_ns(), trace
         )
 
     def statistics(self, name: str = "", version: str = "") -> list[ModelStats]:
@@ -296,7 +317,17 @@ class Core:
 class _Admitted:
     """A checked request on its way through one model version."""
 
-    __slots__ = ("model", "prepared", "prepared_ns", "scheduler", "start_ns", "stats", "status", "work")
+    __slots__ = (
+        "model",
+        "prepared",
+        "prepared_ns",
+        "scheduler",
+        "start_ns",
+        "stats",
+        "status",
+        "trace",
+        "work",
+    )
 
     def __init__(
         self,
@@ -308,18 +339,24 @@ class _Admitted:
         prepared: PreparedRequest,
         start_ns: int,
         prepared_ns: int,  # when the request checks were done
+        trace: Trace | None = None,  # set when the request is traced (kiln.tracing)
     ) -> None:
         self.status, self.model, self.stats, self.scheduler = status, model, stats, scheduler
         self.work, self.prepared, self.start_ns, self.prepared_ns = work, prepared, start_ns, prepared_ns
+        self.trace = trace
 
     def record_failure(self, error: BaseException, cancel: bool = False) -> None:
         if cancel:
             self.work.request.cancellation.cancel()
+        if self.trace is not None:
+            self.trace.error = error
         self.stats.record_failure(time.perf_counter_ns() - self.start_ns, error)
 
     def release(self) -> None:
         self.stats.pending -= 1
         self.status.leave()
+        if self.trace is not None:
+            self.trace.end(self.start_ns, self.prepared_ns, self.work.timing)
 
     def record_success(self, returned_at: int) -> tuple[int, int, int, int]:
         """Triton's split: compute_input includes the checks before queueing, compute_output the response

@@ -31,6 +31,8 @@ from kiln.stats.custom import CustomMetrics
 from kiln.stats.exposition import metrics_app
 from kiln.stats.latency import LatencyOptions
 from kiln.stats.prometheus import build_registry
+from kiln.tls import ServerTls, TlsOptions, load_tls
+from kiln.tracing import TraceConfig, TraceManager
 
 log = logging.getLogger("kiln.server")
 
@@ -62,9 +64,13 @@ class ServerOptions:
     grpc_restricted_protocol: list[str] = field(default_factory=list)
     backends: list[str] = field(default_factory=list)  # NAME=MODULE:CLASS, registered before models load
     cache_config: list[str] = field(default_factory=list)  # --cache-config local,size=BYTES
+    trace_config: list[str] = field(default_factory=list)  # --trace-config [MODE,]SETTING=VALUE (kiln.tracing)
     log: LogSettings = field(
         default_factory=LogSettings
     )  # levels, format, file (the logging extension changes them)
+    # --http-use-ssl, --grpc-use-ssl and the rest (kiln.tls); the metrics port stays plain HTTP
+    http_tls: TlsOptions = field(default_factory=TlsOptions)
+    grpc_tls: TlsOptions = field(default_factory=TlsOptions)
 
 
 class _Uvicorn(uvicorn.Server):
@@ -74,20 +80,71 @@ class _Uvicorn(uvicorn.Server):
     def capture_signals(self) -> Iterator[None]:
         yield
 
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        closer = asyncio.create_task(self._drop_finished_tls()) if self.config.ssl is not None else None
+        try:
+            await super().shutdown(sockets)
+        finally:
+            if closer is not None:
+                closer.cancel()
+
+    async def _drop_finished_tls(self, grace_s: float = 1.0) -> None:
+        """A closing TLS connection waits for the client's close_notify (up to asyncio's 30 s SSL shutdown
+        timeout), which a client idling on a keep-alive connection never sends: drain would last that long.
+        A connection closing for ``grace_s`` with nothing left to write is dropped instead."""
+        loop = asyncio.get_running_loop()
+        closing_since: dict[int, float] = {}
+        while True:
+            await asyncio.sleep(grace_s / 4)
+            for connection in list(self.server_state.connections):
+                transport = getattr(connection, "transport", None)
+                if transport is None or not transport.is_closing() or transport.get_write_buffer_size():
+                    continue
+                since = closing_since.setdefault(id(connection), loop.time())
+                if loop.time() - since >= grace_s:
+                    transport.abort()
+
 
 class StartupError(KilnError):
     """The server cannot start (a port in use, a model that failed with --exit-on-error, ...)."""
+
+
+@dataclass(frozen=True)
+class _Checked:
+    """What serve() makes of the flags before any model loads, for the servers it starts later."""
+
+    http_restrictions: Restrictions
+    grpc_restrictions: Restrictions
+    http_tls: ServerTls | None
+    grpc_tls: ServerTls | None
+
+    @classmethod
+    def of(cls, options: ServerOptions) -> _Checked:
+        for name, allowed, tls in (
+            ("http", options.allow_http, options.http_tls),
+            ("grpc", options.allow_grpc, options.grpc_tls),
+        ):
+            if tls.enabled and not allowed:
+                log.warning("--%s-use-ssl has no effect: --allow-%s is false", name, name)
+        return cls(
+            http_restrictions=Restrictions.parse(options.http_restricted_api, "--http-restricted-api"),
+            grpc_restrictions=Restrictions.parse(
+                options.grpc_restricted_protocol, "--grpc-restricted-protocol"
+            ),
+            http_tls=load_tls(options.http_tls, "http"),
+            grpc_tls=load_tls(options.grpc_tls, "grpc"),
+        )
 
 
 async def serve(options: ServerOptions, stop: asyncio.Event | None = None) -> None:
     """Run until ``stop`` is set or SIGTERM/SIGINT arrives; then stop accepting and drain."""
     stop = stop or asyncio.Event()
     # every flag that can be wrong is parsed before any model is loaded: a typo fails at once
-    http_restrictions = Restrictions.parse(options.http_restricted_api, "--http-restricted-api")
-    grpc_restrictions = Restrictions.parse(options.grpc_restricted_protocol, "--grpc-restricted-protocol")
+    checked = _Checked.of(options)
     log_control = LogControl(options.log)
     latency = LatencyOptions.parse(options.metrics_config)
     cache = CacheOptions.parse(options.cache_config)
+    tracing = TraceManager(TraceConfig.parse(options.trace_config))
     for spec in options.backends:
         register_backend_flag(spec)
     repository = ModelRepository(options.model_repositories)
@@ -112,6 +169,7 @@ async def serve(options: ServerOptions, stop: asyncio.Event | None = None) -> No
         ),
     )
     core.log_control = log_control
+    tracing.attach(core)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
@@ -124,7 +182,7 @@ async def serve(options: ServerOptions, stop: asyncio.Event | None = None) -> No
         if failed and options.exit_on_error:
             names = ", ".join(f"{e.name} ({e.reason or 'version failed'})" for e in failed)
             raise StartupError(f"models failed to load and --exit-on-error is set: {names}")
-        await _run_servers(core, options, stop, http_restrictions, grpc_restrictions, sockets)
+        await _run_servers(core, options, stop, checked, sockets)
     finally:
         for sock in sockets.values():
             sock.close()
@@ -153,8 +211,7 @@ async def _run_servers(
     core: Core,
     options: ServerOptions,
     stop: asyncio.Event,
-    http_restrictions: Restrictions,
-    grpc_restrictions: Restrictions,
+    checked: _Checked,
     sockets: dict[str, socket.socket],
 ) -> None:
     grpc_server = None
@@ -162,58 +219,19 @@ async def _run_servers(
     tasks: list[asyncio.Task[None]] = []
     try:
         if options.allow_grpc:
-            grpc_server = grpc.aio.server(
-                options=[
-                    ("grpc.max_send_message_length", options.grpc_max_message_bytes),
-                    ("grpc.max_receive_message_length", options.grpc_max_message_bytes),
-                    ("grpc.so_reuseport", 0),
-                ]
-            )
-            service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-                InferenceServicer(core, grpc_restrictions),
-                grpc_server,
-            )
-            add_health(grpc_server, core)  # grpc.health.v1, for Kubernetes gRPC probes
-            address = f"{options.host}:{options.grpc_port}"
-            try:
-                grpc_server.add_insecure_port(address)
-            except RuntimeError as e:
-                raise StartupError(f"cannot listen for gRPC on {address}: {e}") from None
-            await grpc_server.start()
-            log.info("gRPC server listening on %s", address)
+            grpc_server = _grpc_server(core, options, checked.grpc_restrictions)
+            await _start_grpc(grpc_server, options, checked.grpc_tls)
         if options.allow_http:
-            http_options = HttpOptions(
-                max_input_bytes=options.http_max_input_bytes,
-                max_upload_bytes=options.model_upload_max_bytes,
-                restrictions=http_restrictions,
-            )
-            app = create_app(core, http_options)
-            config = uvicorn.Config(
-                app,
-                host=options.host,
-                port=options.http_port,
-                lifespan="off",
-                access_log=False,
-                log_level="warning",
-                http="httptools",
-                timeout_graceful_shutdown=int(options.shutdown_timeout_s),
-            )
-            http_server = _Uvicorn(config)
-            servers.append(http_server)
-            tasks.append(asyncio.create_task(http_server.serve(sockets=[sockets["http"]])))
-            log.info("HTTP server listening on %s:%d", options.host, options.http_port)
+            servers.append(_http_server(core, options, checked))
+            tasks.append(asyncio.create_task(servers[-1].serve(sockets=[sockets["http"]])))
+            where = f"{options.host}:{options.http_port}"
+            if checked.http_tls is None:
+                log.info("HTTP server listening on %s", where)
+            else:
+                log.info("HTTP server listening on https://%s (%s)", where, checked.http_tls.describe())
         if options.allow_metrics:
-            metrics_server = _Uvicorn(
-                uvicorn.Config(
-                    metrics_app(build_registry(core.all_stats, core.options.lifecycle.custom_metrics)),
-                    lifespan="off",
-                    access_log=False,
-                    log_level="warning",
-                    http="httptools",
-                )
-            )
-            servers.append(metrics_server)
-            tasks.append(asyncio.create_task(metrics_server.serve(sockets=[sockets["metrics"]])))
+            servers.append(_metrics_server(core))
+            tasks.append(asyncio.create_task(servers[-1].serve(sockets=[sockets["metrics"]])))
             log.info("metrics server listening on %s:%d/metrics", options.host, options.metrics_port)
         entries = core.manager.loaded()
         ready = sum(1 for e in entries if e.state is ModelState.READY)
@@ -233,6 +251,66 @@ async def _run_servers(
             await grpc_server.stop(options.shutdown_timeout_s)
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _grpc_server(core: Core, options: ServerOptions, restrictions: Restrictions) -> grpc.aio.Server:
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_send_message_length", options.grpc_max_message_bytes),
+            ("grpc.max_receive_message_length", options.grpc_max_message_bytes),
+            ("grpc.so_reuseport", 0),
+        ]
+    )
+    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(core, restrictions), server)
+    add_health(server, core)  # grpc.health.v1, for Kubernetes gRPC probes (over TLS too: the same port)
+    return server
+
+
+async def _start_grpc(server: grpc.aio.Server, options: ServerOptions, tls: ServerTls | None) -> None:
+    address = f"{options.host}:{options.grpc_port}"
+    try:
+        if tls is None:
+            server.add_insecure_port(address)
+        else:
+            server.add_secure_port(address, tls.grpc_credentials())
+    except RuntimeError as e:
+        raise StartupError(f"cannot listen for gRPC on {address}: {e}") from None
+    await server.start()
+    if tls is None:
+        log.info("gRPC server listening on %s", address)
+    else:
+        log.info("gRPC server listening on %s (%s)", address, tls.describe())
+
+
+def _http_server(core: Core, options: ServerOptions, checked: _Checked) -> _Uvicorn:
+    http_options = HttpOptions(
+        max_input_bytes=options.http_max_input_bytes,
+        max_upload_bytes=options.model_upload_max_bytes,
+        restrictions=checked.http_restrictions,
+    )
+    tls = checked.http_tls
+    config = uvicorn.Config(
+        create_app(core, http_options),
+        host=options.host,
+        port=options.http_port,
+        lifespan="off",
+        access_log=False,
+        log_level="warning",
+        http="httptools",
+        timeout_graceful_shutdown=int(options.shutdown_timeout_s),
+        # the context load_tls built and checked, used as it is
+        ssl_context_factory=None if tls is None else lambda _config, _default: tls.context,
+    )
+    return _Uvicorn(config)
+
+
+def _metrics_server(core: Core) -> _Uvicorn:
+    """Plain HTTP even when the other ports use TLS: Prometheus scrapes it as Triton's (docs/tls.md)."""
+    registry = build_registry(core.all_stats, core.options.lifecycle.custom_metrics)
+    config = uvicorn.Config(
+        metrics_app(registry), lifespan="off", access_log=False, log_level="warning", http="httptools"
+    )
+    return _Uvicorn(config)
 
 
 def register_backend_flag(spec: str) -> None:

@@ -415,15 +415,11 @@ def test_grpc_stream_reports_errors_and_goes_on(stub: Stub) -> None:
     assert replies["good"].error_message == "" and len(replies["good"].infer_response.outputs) == 2
 
 
-@pytest.mark.parametrize(
-    ("method", "request_pb"),
-    [
-        ("TraceSetting", service_pb2.TraceSettingRequest()),
-    ],
-)
-def test_grpc_unimplemented(stub: Stub, method: str, request_pb: Any) -> None:
-    code, message = grpc_error(stub, method, request_pb)
-    assert (code, f"{method}:" in message, "not implemented" in message) == (Code.UNIMPLEMENTED, True, True)
+def test_grpc_trace_setting_refuses_an_unknown_setting(stub: Stub) -> None:
+    request_pb = service_pb2.TraceSettingRequest()
+    request_pb.settings["colour"].value.append("blue")
+    code, message = grpc_error(stub, "TraceSetting", request_pb)
+    assert (code, "unknown trace setting 'colour'" in message) == (Code.INVALID_ARGUMENT, True), message
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from kiln.tls import TlsOptions
 
 log = logging.getLogger("kiln.cli")
 
@@ -17,6 +20,69 @@ def _bool(value: str) -> bool:
     if v in ("0", "false", "no", "off"):
         return False
     raise argparse.ArgumentTypeError(f"expected true or false, got '{value}'")
+
+
+def _optional_path(value: str) -> Path | None:
+    """A file flag; an empty value means not given (Triton's default), so templates can pass ''."""
+    return Path(value) if value else None
+
+
+def _add_tls_flags(p: argparse.ArgumentParser) -> None:
+    """Triton's --grpc-use-ssl family, and the same names for HTTP (docs/tls.md)."""
+    for transport, server in (("grpc", "gRPC"), ("http", "HTTP")):
+        p.add_argument(
+            f"--{transport}-use-ssl",
+            type=_bool,
+            nargs="?",
+            const=True,
+            default=False,
+            metavar="BOOL",
+            help=f"serve {server} over TLS with --{transport}-server-cert and --{transport}-server-key",
+        )
+        p.add_argument(
+            f"--{transport}-server-cert",
+            type=_optional_path,
+            metavar="PEM",
+            help="the server's certificate (then any intermediates)",
+        )
+        p.add_argument(
+            f"--{transport}-server-key",
+            type=_optional_path,
+            metavar="PEM",
+            help="its private key, unencrypted",
+        )
+        p.add_argument(
+            f"--{transport}-root-cert",
+            type=_optional_path,
+            metavar="PEM",
+            help=f"the CA certificate(s) client certificates must chain to (with --{transport}-use-ssl-mutual)",
+        )
+        p.add_argument(
+            f"--{transport}-use-ssl-mutual",
+            type=_bool,
+            nargs="?",
+            const=True,
+            default=False,
+            metavar="BOOL",
+            help=f"also require a client certificate signed by --{transport}-root-cert (implies "
+            f"--{transport}-use-ssl)",
+        )
+
+
+def tls_options(args: argparse.Namespace, transport: str) -> TlsOptions:
+    """The TlsOptions of ``transport`` ("grpc" or "http") from the parsed flags."""
+    from kiln.tls import TlsOptions
+
+    def value(name: str) -> Any:
+        return getattr(args, f"{transport}_{name}")
+
+    return TlsOptions(
+        use_ssl=value("use_ssl"),
+        server_cert=value("server_cert"),
+        server_key=value("server_key"),
+        root_cert=value("root_cert"),
+        use_ssl_mutual=value("use_ssl_mutual"),
+    )
 
 
 def add_parser(sub: Any) -> None:
@@ -181,6 +247,16 @@ def add_parser(sub: Any) -> None:
         help="Kiln extension: serve models whose config says backend: NAME with your own Backend subclass "
         "(MODULE importable on PYTHONPATH); repeatable",
     )
+    p.add_argument(
+        "--trace-config",
+        action="append",
+        default=[],
+        metavar="[MODE,]SETTING=VALUE",
+        help="tracing, as Triton: level=TIMESTAMPS, rate=N, count=N, mode=triton|opentelemetry, "
+        "triton,file=PATH, triton,log-frequency=N, opentelemetry,url=URL, opentelemetry,resource=KEY=VALUE "
+        "(repeatable; docs/tracing.md)",
+    )
+    _add_tls_flags(p)
     p.set_defaults(func=run)
 
 
@@ -231,5 +307,8 @@ def run(args: argparse.Namespace) -> int:
         http_restricted_api=list(args.http_restricted_api),
         grpc_restricted_protocol=list(args.grpc_restricted_protocol),
         backends=list(args.backend),
+        http_tls=tls_options(args, "http"),
+        grpc_tls=tls_options(args, "grpc"),
+        trace_config=list(args.trace_config),
     )
     return run_server(options)

@@ -18,6 +18,7 @@ from kiln.grpc import converters
 from kiln.logsettings import access
 from kiln.restricted import NO_RESTRICTIONS, Restrictions
 from kiln.shm import refuse_cuda
+from kiln.tracing.context import carrier_from, incoming
 
 log = logging.getLogger(__name__)
 
@@ -121,13 +122,19 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         started = time.perf_counter_ns()
         status = "OK"
         try:
-            return await self._infer(request)
+            with incoming(self._trace_context(context)):
+                return await self._infer(request)
         except Exception as e:
             status = error_status(e)[0].name
             raise
         finally:
             access("gRPC", request.model_name, request.model_version, status, time.perf_counter_ns() - started,
                    context.peer())  # fmt: skip
+
+    def _trace_context(self, context: Any) -> dict[str, str] | None:
+        """The caller's W3C trace context from the metadata (OpenTelemetry tracing only)."""
+        tracing = self.core.tracing
+        return carrier_from(_metadata(context)) if tracing is not None and tracing.propagates else None
 
     async def _infer(self, request: service_pb2.ModelInferRequest) -> service_pb2.ModelInferResponse:
         response = await self.core.infer(converters.infer_request_from_pb(request))
@@ -155,6 +162,24 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                 slot.uint32_param = value
             else:
                 slot.string_param = str(value)
+        return response
+
+    @guarded("trace")
+    async def TraceSetting(self, request: Any, context: Any) -> service_pb2.TraceSettingResponse:
+        changes: dict[str, object] = {}
+        for key, setting in request.settings.items():
+            values = list(setting.value)
+            # tritonclient sends a cleared setting without values, the level as a list, the others as one string
+            if key == "trace_level" or not values:
+                changes[key] = values or None
+            elif len(values) == 1:
+                changes[key] = values[0]
+            else:
+                raise InvalidArgumentError(f"trace setting '{key}' takes one value, got {len(values)}")
+        settings = self.core.trace_settings(request.model_name, changes or None)
+        response = service_pb2.TraceSettingResponse()
+        for key, value in settings.items():
+            response.settings[key].value.extend(value if isinstance(value, list) else [str(value)])
         return response
 
     # -- the shared memory extension (system; CUDA only where there is a GPU) -----------------------------
@@ -213,6 +238,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             code, message = error_status(e)
             await context.abort(code, message)
         queue: asyncio.Queue[service_pb2.ModelStreamInferResponse | None] = asyncio.Queue()
+        trace_context = self._trace_context(context)  # the stream's requests are traced as its children
 
         async def handle(request: service_pb2.ModelInferRequest) -> None:
             empty_final = False
@@ -241,7 +267,8 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                     task.cancel()
                 await queue.put(None)
 
-        reader = asyncio.create_task(read())
+        with incoming(trace_context):
+            reader = asyncio.create_task(read())
         try:
             while (reply := await queue.get()) is not None:
                 yield reply
@@ -262,17 +289,3 @@ def _take_bool(params: dict[str, Any], key: str) -> bool:
     if not isinstance(value, bool):
         raise InvalidArgumentError(f"request parameter '{key}' must be true or false")
     return value
-
-
-def _not_implemented(method: str, what: str) -> Method:
-    async def method_impl(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{method}: {what} is not implemented by Kiln yet")
-
-    method_impl.__name__ = method
-    return method_impl
-
-
-for _method, _what in {
-    "TraceSetting": "the trace extension",
-}.items():
-    setattr(InferenceServicer, _method, _not_implemented(_method, _what))

@@ -23,6 +23,7 @@ from kiln.http.infer import ASGIApp, InferEndpoint, with_fast_infer
 from kiln.http.infer import read_body as read_asgi_body
 from kiln.restricted import NO_RESTRICTIONS, Restrictions
 from kiln.shm import refuse_cuda
+from kiln.tracing.context import with_incoming_context
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +142,15 @@ def create_app(core: Core, options: HttpOptions | None = None) -> ASGIApp:
             changes = doc
         return json_response(core.log_settings(changes))
 
+    async def trace_settings(request: Request) -> Response:
+        changes = None
+        if request.method == "POST":
+            body = await read_body(request, options.max_input_bytes)
+            changes = codec.parse_json(body, "trace settings request") if body.strip() else {}
+            if not isinstance(changes, dict):
+                raise InvalidArgumentError("a trace settings request must be a JSON object")
+        return json_response(core.trace_settings(request.path_params.get("model", ""), changes))
+
     async def shm_status(request: Request) -> Response:
         regions = core.shared_memory.status(request.path_params.get("region", ""))
         return json_response(
@@ -192,6 +202,8 @@ def create_app(core: Core, options: HttpOptions | None = None) -> ASGIApp:
         Route("/v2/models/stats", guard(statistics, "statistics"), methods=["GET"]),
         Route("/v2/repository/index", guard(repository_index, "model-repository"), methods=["POST"]),
         Route("/v2/logging", guard(logging_settings, "logging"), methods=["GET", "POST"]),
+        Route("/v2/trace/setting", guard(trace_settings, "trace"), methods=["GET", "POST"]),
+        Route(model + "/trace/setting", guard(trace_settings, "trace"), methods=["GET", "POST"]),
         Route("/v2/repository/models/{model}/load", guard(load, "model-repository"), methods=["POST"]),
         Route("/v2/repository/models/{model}/unload", guard(unload, "model-repository"), methods=["POST"]),
     ]
@@ -217,7 +229,8 @@ def create_app(core: Core, options: HttpOptions | None = None) -> ASGIApp:
     app = Starlette(routes=routes)
     app.add_exception_handler(404, _not_found)
     app.add_exception_handler(405, _not_allowed)
-    return with_fast_infer(app, endpoint)
+    served = with_fast_infer(app, endpoint)
+    return with_incoming_context(served) if core.tracing and core.tracing.propagates else served
 
 
 def _parameters(body: bytes, what: str) -> dict[str, Any]:

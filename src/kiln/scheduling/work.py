@@ -153,6 +153,7 @@ class Work:
     batch_size: int
     sender: ResponseSender
     timing: Batch | None = None  # set by the scheduler once executed (statistics)
+    trace: Any = None  # the request's trace when it is traced (kiln.tracing; BLS calls pass it on)
 
     @property
     def priority(self) -> int:

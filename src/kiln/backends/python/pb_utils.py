@@ -17,6 +17,7 @@ import numpy as np
 
 from kiln.backends.python.shared import TritonError, TritonModelException, state
 from kiln.errors import KilnError
+from kiln.tracing.context import run_in_trace
 from kiln.types import InferRequest, InputTensor, RequestedOutput, datatypes
 
 TRITONSERVER_RESPONSE_COMPLETE_FINAL = 1
@@ -114,6 +115,7 @@ class InferenceRequest:
         self._model_version = model_version
         self._parameters = json.loads(parameters) if isinstance(parameters, str) else dict(parameters or {})
         self._sender: Any = None  # set by Kiln for requests given to execute
+        self._trace = trace  # an InferenceTrace (request.trace()): this BLS call is traced as its child
         self._cancelled: Any = None
 
     def inputs(self) -> list[Tensor]:
@@ -148,6 +150,11 @@ class InferenceRequest:
     def is_cancelled(self) -> bool:
         return bool(self._cancelled and self._cancelled())
 
+    def trace(self) -> InferenceTrace:
+        """This request's trace, to pass as ``InferenceRequest(..., trace=request.trace())`` (Triton's way to
+        trace a BLS call as a child of the request)."""
+        return self._trace if isinstance(self._trace, InferenceTrace) else InferenceTrace(self._trace)
+
     # -- BLS ---------------------------------------------------------------------------------------------
     def _kiln_request(self) -> InferRequest:
         inputs = []
@@ -173,7 +180,7 @@ class InferenceRequest:
         try:
             if decoupled:
                 return _responses(caller.stream_sync(self._kiln_request()))
-            return _response(caller.infer_sync(self._kiln_request()))
+            return _response(run_in_trace(self._traced(), caller.infer_sync, self._kiln_request()))
         except KilnError as e:
             error = InferenceResponse(error=TritonError(e.message))
             return iter([error]) if decoupled else error
@@ -185,12 +192,34 @@ class InferenceRequest:
         try:
             server_loop = getattr(caller, "loop", None)
             if server_loop is not None:  # in the server process: await the core across the two event loops
-                future = asyncio.run_coroutine_threadsafe(caller.infer(self._kiln_request()), server_loop)
+                future = run_in_trace(
+                    self._traced(),
+                    asyncio.run_coroutine_threadsafe,
+                    caller.infer(self._kiln_request()),
+                    server_loop,
+                )
                 return _response(await asyncio.wrap_future(future))
             loop = asyncio.get_running_loop()  # in a worker process: the blocking call, off this loop
             return _response(await loop.run_in_executor(None, caller.infer_sync, self._kiln_request()))
         except KilnError as e:
             return InferenceResponse(error=TritonError(e.message))
+
+    def _traced(self) -> Any:
+        return self._trace._trace if isinstance(self._trace, InferenceTrace) else None
+
+
+class InferenceTrace:
+    """A request's trace handle (``request.trace()``); ``None`` inside when the request is not traced."""
+
+    def __init__(self, trace: Any = None) -> None:
+        self._trace = trace
+
+    def get_context(self, mode: str = "opentelemetry") -> str | None:
+        span = getattr(self._trace, "span", None)
+        if span is None:
+            return None
+        context = span.get_span_context()
+        return json.dumps({"traceparent": f"00-{context.trace_id:032x}-{context.span_id:016x}-01"})
 
 
 def _caller() -> Any:

@@ -152,6 +152,7 @@ class ModelRunner:
             parameters=r.parameters,
         )
         request._sender = ResponseSender(work)
+        request._trace = pb_utils.InferenceTrace(getattr(work, "trace", None))
         request._cancelled = work.is_cancelled
         return request
 
