@@ -108,3 +108,19 @@ def build_broken_repository(repo: Path) -> Path:
     )
     write_model(repo, "unsupported_backend", models.add_sub([4]), 'backend: "tensorrt"\n')
     return repo
+
+
+DECOUPLED_CONFIG = """backend: "python"
+max_batch_size: 0
+model_transaction_policy { decoupled: true }
+input [{ name: "N" data_type: TYPE_INT32 dims: [1] }]
+output [{ name: "OUT" data_type: TYPE_INT32 dims: [1] }]
+"""
+
+
+def write_python_model(repo: Path, name: str, code: str, config: str = DECOUPLED_CONFIG) -> Path:
+    """``repo/name/1/model.py`` with ``code`` and its ``config.pbtxt`` (default: decoupled, INT32 N -> OUT)."""
+    (repo / name / "1").mkdir(parents=True)
+    (repo / name / "1" / "model.py").write_text(code)
+    (repo / name / "config.pbtxt").write_text(config)
+    return repo / name

@@ -380,7 +380,7 @@ TYPED_AND_RAW.inputs[0].contents.fp32_contents.extend([0.0] * N)
 # fmt: off
 GRPC_CASES: list[tuple[str, InferPb, str]] = [
     ("no-inputs", InferPb(model_name="add_sub"), "inference request has no inputs"),
-    ("raw-count-mismatch", raw_pb("add_sub", ADD_SUB_IN, [RAW]), "raw_input_contents has 1 entries for 2 inputs not in"),
+    ("raw-count-mismatch", raw_pb("add_sub", ADD_SUB_IN, [RAW]), "raw_input_contents has 1 entries for 2 inputs"),
     ("raw-wrong-byte-count", raw_pb("add_sub", ADD_SUB_IN, [RAW[:-4], RAW]),
      "input byte size mismatch for input 'INPUT0' for model 'add_sub'. Expected 64, got 60"),
     ("typed-and-raw", TYPED_AND_RAW, "'INPUT0' has both typed contents and raw_input_contents"),

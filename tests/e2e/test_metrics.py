@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import tritonclient.http as httpclient
 
+from repos import write_python_model
 from servers import KilnProcess
 
 
@@ -84,13 +85,7 @@ def test_first_response_histogram_for_decoupled_models(test_repo: Path, tmp_path
     from prometheus_client.parser import text_string_to_metric_families
 
     repo = tmp_path / "repo"
-    (repo / "stream_py" / "1").mkdir(parents=True)
-    (repo / "stream_py" / "1" / "model.py").write_text(DECOUPLED_PY)
-    (repo / "stream_py" / "config.pbtxt").write_text(
-        'backend: "python" max_batch_size: 0 model_transaction_policy { decoupled: true }\n'
-        'input [{ name: "N" data_type: TYPE_INT32 dims: [1] }]\n'
-        'output [{ name: "OUT" data_type: TYPE_INT32 dims: [1] }]\n'
-    )
+    write_python_model(repo, "stream_py", DECOUPLED_PY)
     extra = ["--metrics-config", "histogram_latencies=true"]
     with KilnProcess([test_repo, repo], "--strict-readiness", "false", *extra, log_dir=tmp_path) as server:
         results: queue.Queue[object] = queue.Queue()

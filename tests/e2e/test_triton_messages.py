@@ -20,6 +20,7 @@ import tritonclient.utils.shared_memory as shm
 from tritonclient.utils import InferenceServerException
 
 from kiln.examples import models, write_model
+from repos import write_python_model
 from sequence_repos import SIMPLE_SEQUENCE
 from servers import KilnProcess, wait_until
 
@@ -57,13 +58,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KilnProcess]:
                "REJECT default_timeout_microseconds: 100000 } }")  # fmt: skip
     write_model(repo, "queue_timeout", small, ADD_SUB.format(name="queue_timeout", extra=timeout))
     write_model(repo, "simple_sequence", models.sequence_controls(), SIMPLE_SEQUENCE)
-    (repo / "decoupled" / "1").mkdir(parents=True)
-    (repo / "decoupled" / "1" / "model.py").write_text(DECOUPLED_PY)
-    (repo / "decoupled" / "config.pbtxt").write_text(
-        'backend: "python" max_batch_size: 0 model_transaction_policy { decoupled: true }\n'
-        'input [{ name: "N" data_type: TYPE_INT32 dims: [1] }]\n'
-        'output [{ name: "OUT" data_type: TYPE_INT32 dims: [1] }]\n'
-    )
+    write_python_model(repo, "decoupled", DECOUPLED_PY)
     args = ("--model-control-mode", "explicit", "--load-model", "*")
     with KilnProcess([repo], *args, log_dir=tmp_path_factory.mktemp("logs")) as proc:
         httpclient.InferenceServerClient(proc.http_url).unload_model("unloaded")

@@ -75,3 +75,35 @@ def test_the_kiln_command_prints_its_subcommands_and_serve_flags() -> None:
     for flag in ("--model-repository", "--http-port", "--grpc-port", "--metrics-port", "--exit-on-error",
                  "--log-verbose", "--disable-auto-complete-config"):  # fmt: skip
         assert flag in serve
+
+
+def test_plain_serving_installs_no_heavy_runtime() -> None:
+    """`make serve` installs the core dependencies only (`pip install -e .`), and those name no heavy runtime:
+    serving an ONNX file must never pull torch (whose PyPI build is the CUDA one), TensorFlow, OpenVINO or Ray."""
+    import re
+
+    import tomllib
+
+    root = Path(__file__).resolve().parents[2]
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    names = {re.split(r"[\[=<>~! ]", dep, maxsplit=1)[0].lower() for dep in project["dependencies"]}
+    heavy = {
+        "torch",
+        "tensorflow",
+        "tensorflow-cpu",
+        "openvino",
+        "nncf",
+        "ray",
+        "ai-edge-litert",
+        "ncnn",
+        "pnnx",
+    }
+    assert names and not names & heavy, names & heavy
+    makefile = (root / "Makefile").read_text()
+    serve = re.search(r"^serve: (\S+)$", makefile, re.MULTILINE)
+    assert serve is not None
+    recipe = makefile.split(f"{serve.group(1)}:", 1)[1].split("\n\n", 1)[0]
+    installs = [
+        line.strip() for line in recipe.splitlines() if "pip install" in line and "--upgrade pip" not in line
+    ]
+    assert installs == ["$(BIN)/pip install -q -e ."], installs
