@@ -64,7 +64,8 @@ class ServerOptions:
     grpc_restricted_protocol: list[str] = field(default_factory=list)
     backends: list[str] = field(default_factory=list)  # NAME=MODULE:CLASS, registered before models load
     cache_config: list[str] = field(default_factory=list)  # --cache-config local,size=BYTES
-    trace_config: list[str] = field(default_factory=list)  # --trace-config [MODE,]SETTING=VALUE (kiln.tracing)
+    # --trace-config [MODE,]SETTING=VALUE (kiln.tracing)
+    trace_config: list[str] = field(default_factory=list)
     log: LogSettings = field(
         default_factory=LogSettings
     )  # levels, format, file (the logging extension changes them)

