@@ -145,7 +145,9 @@ def main() -> int:
                 "artifact": label,
                 "accuracy": acc.accuracy,
                 "fp32_reference_accuracy": acc.reference_accuracy,
-                "drop_points": None if acc.accuracy is None else acc.reference_accuracy - acc.accuracy,  # type: ignore[operator]
+                "drop_points": acc.accuracy_drop,
+                "drop_ci": acc.accuracy_drop_ci,
+                "accuracy_ci": acc.accuracy_ci,
                 "top1_agreement": acc.outputs[0].top1_agreement,
                 "gate_failures": acc.failures,
                 "samples": acc.samples,
@@ -163,12 +165,14 @@ def main() -> int:
     }
     (out / "results.json").write_text(json.dumps(doc, indent=2) + "\n")
     lines = [
-        "| artifact | test accuracy (10k) | drop vs FP32 (points) | top-1 agreement with FP32 |",
+        "| artifact | test accuracy (10k) [95 % CI] | drop vs FP32, points [95 % CI] | top-1 agreement with FP32 |",
         "|---|---:|---:|---:|",
     ]
     for r in rows:
+        a, d = r["accuracy_ci"], r["drop_ci"]
         lines.append(
-            f"| {r['artifact']} | {r['accuracy']:.2f} % | {r['drop_points']:+.2f} | {r['top1_agreement']:.4f} |"
+            f"| {r['artifact']} | {r['accuracy']:.2f} % [{a[0]:.2f}, {a[1]:.2f}] | {r['drop_points']:+.2f} "
+            f"[{d[0]:+.2f}, {d[1]:+.2f}] | {r['top1_agreement']:.4f} |"
         )
     text = "\n".join(lines)
     (out / "results.md").write_text(text + "\n")

@@ -28,7 +28,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[KilnProces
     write_samples(work / "cal", "x", (3, 16, 16), 40)
     repo = work / "repo"
     cal = CalibrationOptions(data=work / "cal")
-    common = {"calibration": cal, "benchmark": False, "progress": False}
+    common = {"calibration": cal, "benchmark": False, "progress": False, "min_validation_samples": 8}
     build(BuildOptions(source=source, output=repo / "conv_int8", precision=Precision.INT8, **common))  # type: ignore[arg-type]
     build(BuildOptions(source=source, output=repo / "conv_fp16", precision=Precision.FP16, **common))  # type: ignore[arg-type]
     if HAS_OPENVINO:

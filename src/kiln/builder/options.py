@@ -132,13 +132,16 @@ class CalibrationOptions:
     method: CalibrationMethod | None = (
         None  # None: the target's default (entropy for ONNX Runtime, NNCF's own)
     )
-    preprocessing: Preprocessing = Preprocessing.NONE
+    preprocessing: Preprocessing | None = None  # images: required (or recorded for the model folder)
     max_samples: int = 256
     holdout_fraction: float = 0.2  # kept aside as validation data when no --validation-data is given
     per_channel: bool = True
     percentile: float = 99.999
     keep_fp32: tuple[str, ...] = ()  # node names (or op types) left in float
-    op_types: tuple[str, ...] = ()  # op types to quantise; () = the default for the model (see to_int8)
+    op_types: tuple[str, ...] = ()  # op types to quantise; () = the default for the model (see int8_ort)
+    mixed_precision: bool = True  # keep the most sensitive layers in float until the gate passes
+    search_budget_s: float = 600.0  # wall-clock bound of the mixed-precision search
+    search_samples: int = 128  # calibration samples the search measures on (the gate uses validation data)
 
 
 @dataclass(frozen=True)
@@ -152,7 +155,9 @@ class BuildOptions:
     validation_data: Path | None = (
         None  # .npy/.npz/images; labels.npy (or "labels" in .npz) for task accuracy
     )
-    validation_samples: int = 64
+    validation_labels: Path | None = None  # one integer class per validation sample (.npy or text)
+    validation_samples: int = 128  # random samples when no validation data is given
+    min_validation_samples: int = 100  # the gate refuses to pass on fewer
     tolerance: Tolerance | None = None  # None: Tolerance.default_for(precision)
     accept_accuracy_drop: bool = False
     profile: ShapeProfile = field(default_factory=ShapeProfile)
@@ -162,6 +167,7 @@ class BuildOptions:
     max_batch_size: int | None = None  # None: from the max profile, else 8 for batchable models
     threads: int | None = None  # intra-op threads recorded in config.pbtxt (None: the server's default)
     version: int | None = None  # None: next free version number
+    labels: Path | None = None  # class names, one per line: copied into the model folder as label_filename
     benchmark: bool = True  # measure batch sizes to pick dynamic_batching preferred sizes
     seed: int = 0
     progress: bool = True

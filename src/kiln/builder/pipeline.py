@@ -5,8 +5,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +13,18 @@ import onnx
 
 from kiln.builder import parse
 from kiln.builder.accuracy import AccuracyGateError, AccuracyReport, compare, gate
-from kiln.builder.data import Dataset, graph_inputs, load_dataset, random_dataset
+from kiln.builder.data import Dataset, graph_inputs, is_image_folder
+from kiln.builder.datasets import load_datasets, with_recorded_preprocessing
 from kiln.builder.devices import device_check
+from kiln.builder.manifest import manifest as make_manifest
+from kiln.builder.merge import (
+    PREPROCESSING_KEY,
+    ExistingModel,
+    add_labels,
+    copy_labels,
+    merge_config,
+    read_existing,
+)
 from kiln.builder.optimize import OptimizationLevel, optimize
 from kiln.builder.options import BuildOptions, Device, Precision, Target
 from kiln.builder.profiles import ResolvedProfile, resolve_profile
@@ -23,13 +32,12 @@ from kiln.builder.report import Reporter
 from kiln.builder.speed import SpeedReport, measure_batches
 from kiln.builder.write import (
     ConfigSpec,
+    config_text,
     install,
     make_config,
     next_version,
     remove,
-    sha256,
     staging_dir,
-    tool_versions,
 )
 from kiln.config.schema import model_config_pb2
 from kiln.errors import InvalidArgumentError
@@ -71,15 +79,20 @@ def build(options: BuildOptions, reporter: Reporter | None = None) -> BuildResul
         raise InvalidArgumentError(f"-o {output}: expected REPO/NAME, the model folder to write")
     gpu = device_check(options)
     version = next_version(output, options.version)
+    existing = read_existing(output)
 
     with reporter.stage("parse") as record:
         source = parse.load_source(options.source, options.example_shapes, record)
     inputs = graph_inputs(source)
     with reporter.stage("profiles") as record:
-        profile = resolve_profile(inputs, options.profile, options.max_batch_size, record)
+        max_batch = options.max_batch_size
+        if max_batch is None and existing.config is not None and existing.config.max_batch_size > 0:
+            max_batch = existing.config.max_batch_size  # the user's, unless --max-batch-size overrides it
+        profile = resolve_profile(inputs, options.profile, max_batch, record)
     batch = 8 if profile.max_batch_size >= 8 else max(1, profile.max_batch_size)
     with reporter.stage("data") as record:
-        calibration, validation = _datasets(options, inputs, profile, record)
+        options = with_recorded_preprocessing(options, existing, record)
+        calibration, validation = load_datasets(options, inputs, profile, record)
 
     work = Path(tempfile.mkdtemp(prefix="kiln-build-"))
     try:
@@ -100,15 +113,17 @@ def build(options: BuildOptions, reporter: Reporter | None = None) -> BuildResul
         candidates = []
         for precision in precisions:
             model = _model_for(precision, source, base, fused, options, reporter)
-            candidate = _make_candidate(precision, model, calibration, profile, options, work, reporter, gpu)
+            candidate = _make_candidate(
+                precision, model, calibration, profile, options, work, reporter, gpu, reference
+            )
             _check_accuracy(candidate, reference, validation, batch, options, reporter)
             if options.benchmark or options.precision is Precision.BEST:
                 with reporter.stage(f"speed {precision.value}") as record:
                     candidate.speed = measure_batches(candidate.runner, profile, reporter)
                     record.details.update(candidate.speed.summary())
             candidates.append(candidate)
-        chosen = _choose(candidates, options)
-        return _write(chosen, candidates, source, profile, options, version, started, reporter)
+        chosen = _choose(candidates, options, reporter)
+        return _write(chosen, candidates, source, profile, options, version, started, reporter, existing)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -144,12 +159,22 @@ def _check_accuracy(
 ) -> None:
     with reporter.stage(f"accuracy {candidate.precision.value}") as record:
         candidate.accuracy = compare(reference.run, candidate.runner.run, validation, batch, reporter)
-        failures = gate(candidate.accuracy, options.tolerance_for(candidate.precision))
+        tolerance = options.tolerance_for(candidate.precision)
+        failures = gate(candidate.accuracy, tolerance, options.min_validation_samples)
+        record.failed = bool(failures)
         record.details["samples"] = candidate.accuracy.samples
-        record.details["passed"] = not failures
+        record.details["gate"] = "failed" if failures else "passed"
         reporter.note(candidate.accuracy.summary())
         for failure in failures:
             reporter.note(failure, style="red")
+        images = is_image_folder(options.validation_data) or is_image_folder(options.calibration.data)
+        if failures and images:
+            pre = options.calibration.preprocessing
+            reporter.note(
+                f"the data are images: check that --preprocessing ({pre.value if pre else 'none given'}) is the "
+                "scaling the model was trained with; a wrong one fails the gate like a bad quantisation",
+                style="red",
+            )
 
 
 def _best_candidates(calibration: Dataset, target: Target) -> list[Precision]:
@@ -158,36 +183,6 @@ def _best_candidates(calibration: Dataset, target: Target) -> list[Precision]:
     if len(calibration) == 0:
         raise InvalidArgumentError("--precision best tries INT8 too, which needs --calibration-data")
     return [Precision.FP32, Precision.FP16, Precision.INT8]
-
-
-def _datasets(
-    options: BuildOptions, inputs: list, profile: ResolvedProfile, record: Any
-) -> tuple[Dataset, Dataset]:
-    cal_opts = options.calibration
-    calibration = Dataset([])
-    validation: Dataset | None = None
-    if cal_opts.data is not None:
-        full = load_dataset(cal_opts.data, inputs, cal_opts.preprocessing, cal_opts.max_samples)
-        if options.validation_data is None:
-            calibration, validation = full.split(cal_opts.holdout_fraction)
-        else:
-            calibration = full
-    if options.validation_data is not None:
-        validation = load_dataset(options.validation_data, inputs, cal_opts.preprocessing, None)
-    needs_calibration = options.precision in (Precision.INT8,)
-    if needs_calibration and len(calibration) == 0:
-        raise InvalidArgumentError(
-            "--precision int8 needs --calibration-data (a folder of .npy/.npz or images)"
-        )
-    if validation is None or len(validation) == 0:
-        validation = random_dataset(inputs, profile.opt_shapes, options.validation_samples, options.seed)
-        record.details["validation"] = f"{len(validation)} random samples (no validation data given)"
-    else:
-        record.details["validation"] = f"{len(validation)} samples" + (
-            " with labels" if validation.labels is not None else ""
-        )
-    record.details["calibration"] = f"{len(calibration)} samples"
-    return calibration, validation
 
 
 def _make_candidate(
@@ -199,6 +194,7 @@ def _make_candidate(
     work: Path,
     reporter: Reporter,
     gpu: GpuOptions | None,
+    reference: Runner,
 ) -> Candidate:
     folder = work / precision.value
     folder.mkdir()
@@ -208,7 +204,7 @@ def _make_candidate(
             from kiln.builder.openvino import build_ir
 
             xml = build_ir(
-                model, precision, calibration, options.calibration, batchable, folder, reporter, record
+                model, precision, calibration, options, batchable, folder, reporter, record, reference.run
             )
             ov_precision = _ov_precision(precision)
             config = model_config(
@@ -225,11 +221,14 @@ def _make_candidate(
             runner = open_model("ncnn", param, config, name=f"ncnn {precision.value}")
         else:
             from kiln.builder import precision as prec
+            from kiln.builder.mixed import int8_onnxruntime
 
             if precision is Precision.FP16:
                 model = prec.to_fp16(model, options.fp16_keep_io_types, options.calibration.keep_fp32, record)
             elif precision is Precision.INT8:
-                model = prec.to_int8(model, calibration, options.calibration, batchable, reporter, record)
+                model = int8_onnxruntime(
+                    model, calibration, options, batchable, reference.run, reporter, record
+                )
             path = folder / "model.onnx"
             onnx.save(model, str(path))
             config = model_config("onnxruntime", threads=options.threads, gpu=gpu)
@@ -240,7 +239,7 @@ def _make_candidate(
     return Candidate(precision, folder, runner, details=dict(record.details))
 
 
-def _choose(candidates: list[Candidate], options: BuildOptions) -> Candidate:
+def _choose(candidates: list[Candidate], options: BuildOptions, reporter: Reporter) -> Candidate:
     if options.precision is Precision.BEST:
         passing = [c for c in candidates if c.passed]
         if not passing:
@@ -254,6 +253,9 @@ def _choose(candidates: list[Candidate], options: BuildOptions) -> Candidate:
                     )
                 )
             passing = candidates
+            reporter.warn(
+                "no precision passed the accuracy gate; writing the fastest (--accept-accuracy-drop)"
+            )
         return max(passing, key=lambda c: c.speed.best_throughput if c.speed else 0.0)
     (candidate,) = candidates
     if not candidate.passed and not options.accept_accuracy_drop:
@@ -262,6 +264,12 @@ def _choose(candidates: list[Candidate], options: BuildOptions) -> Candidate:
             f"{candidate.precision.value} artifact failed the accuracy gate; nothing was written: "
             + "; ".join(candidate.accuracy.failures)
             + " (loosen --tolerance or pass --accept-accuracy-drop)"
+        )
+    if not candidate.passed:
+        assert candidate.accuracy is not None
+        reporter.warn(
+            f"writing the {candidate.precision.value} artifact although it failed the accuracy gate "
+            f"(--accept-accuracy-drop): {'; '.join(candidate.accuracy.failures)}; recorded in build.json"
         )
     return candidate
 
@@ -275,30 +283,19 @@ def _write(
     version: int,
     started: float,
     reporter: Reporter,
+    existing: ExistingModel,
 ) -> BuildResult:
     output = Path(options.output)
     assert chosen.accuracy is not None
     with reporter.stage("write") as record:
-        speed = chosen.speed
-        spec = ConfigSpec(
-            name=output.name,
-            target=options.target,
-            device=options.device,
-            precision=chosen.precision,
-            inputs=chosen.runner.inputs,
-            outputs=chosen.runner.outputs,
-            max_batch_size=profile.max_batch_size,
-            preferred_batch_sizes=speed.preferred_batch_sizes if speed else (),
-            max_queue_delay_us=speed.queue_delay_us if speed else 500,
-            threads=options.threads,
-            inference_precision=_ov_precision(chosen.precision)
-            if options.target is Target.OPENVINO
-            else None,
-            profile_min=options.profile.min or None,
-            profile_opt=options.profile.opt or None,
-            profile_max=options.profile.max or None,
-        )
-        config = make_config(spec)
+        config = make_config(_config_spec(chosen, profile, options))
+        pre = options.calibration.preprocessing
+        if pre is not None and (
+            is_image_folder(options.calibration.data) or is_image_folder(options.validation_data)
+        ):
+            config.parameters[PREPROCESSING_KEY].string_value = pre.value  # recorded for the next build
+        config, changes = merge_config(config, existing.config)
+        labels = add_labels(config, options.labels, output, changes) if options.labels else None
         staged = staging_dir(output)
         try:
             version_dir = staged / str(version)
@@ -306,14 +303,25 @@ def _write(
             if options.target is Target.OPENVINO:
                 _warm_cache(version_dir, output, config)
             artifact = version_dir / _ARTIFACTS.get(options.target, "model.onnx")
-            manifest = _manifest(chosen, candidates, source, artifact, options, version, started, reporter)
-            target = install(version_dir, output, version, config, manifest)
+            manifest = make_manifest(
+                chosen, candidates, source, artifact, options, version, started, reporter, changes
+            )
+            if labels is not None:
+                output.mkdir(parents=True, exist_ok=True)
+                copy_labels(options.labels, labels)  # type: ignore[arg-type]
+            target = install(
+                version_dir, output, version, config, manifest, merged=existing.config is not None
+            )
         finally:
             remove(staged)
         record.details["path"] = str(target)
         record.details["precision"] = chosen.precision.value
-    from kiln.builder.write import config_text
-
+        if existing.config is not None:
+            record.details["config"] = (
+                f"merged into the existing config.pbtxt, {len(changes)} field change(s)"
+            )
+            for change in changes:
+                reporter.note(f"config.pbtxt: {change}")
     return BuildResult(
         output,
         target,
@@ -322,6 +330,26 @@ def _write(
         manifest,
         chosen.accuracy,
         config_text(config),
+    )
+
+
+def _config_spec(chosen: Candidate, profile: ResolvedProfile, options: BuildOptions) -> ConfigSpec:
+    speed = chosen.speed
+    return ConfigSpec(
+        name=Path(options.output).name,
+        target=options.target,
+        device=options.device,
+        precision=chosen.precision,
+        inputs=chosen.runner.inputs,
+        outputs=chosen.runner.outputs,
+        max_batch_size=profile.max_batch_size,
+        preferred_batch_sizes=speed.preferred_batch_sizes if speed else (),
+        max_queue_delay_us=speed.queue_delay_us if speed else 500,
+        threads=options.threads,
+        inference_precision=_ov_precision(chosen.precision) if options.target is Target.OPENVINO else None,
+        profile_min=options.profile.min or None,
+        profile_opt=options.profile.opt or None,
+        profile_max=options.profile.max or None,
     )
 
 
@@ -341,60 +369,3 @@ def _warm_cache(version_dir: Path, model_dir: Path, config: model_config_pb2.Mod
     warm.CopyFrom(config)
     warm.parameters["cache_dir"].string_value = str((model_dir / OV_CACHE_DIR).absolute())
     open_model("openvino", version_dir / "model.xml", warm).close()
-
-
-def _manifest(
-    chosen: Candidate,
-    candidates: list[Candidate],
-    source: onnx.ModelProto,
-    artifact: Path,
-    options: BuildOptions,
-    version: int,
-    started: float,
-    reporter: Reporter,
-) -> dict[str, Any]:
-    from kiln.perf.bench import host
-
-    def opts(value: Any) -> Any:
-        if isinstance(value, dict):
-            return {k: opts(v) for k, v in value.items()}
-        if isinstance(value, (list, tuple)):
-            return [opts(v) for v in value]
-        if isinstance(value, Path):
-            return str(value)
-        return getattr(value, "value", value)
-
-    return {
-        "kiln_build": 1,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "build_seconds": round(time.time() - started, 3),
-        "source": {"path": str(Path(options.source).resolve()), "sha256": sha256(Path(options.source))},
-        "artifact": {
-            "file": artifact.name,
-            "sha256": sha256(artifact),
-            "size_bytes": sum(f.stat().st_size for f in artifact.parent.iterdir() if f.is_file()),
-            "version": version,
-            "target": options.target.value,
-            "device": options.device.value,
-            "precision": chosen.precision.value,
-        },
-        "tools": tool_versions(),
-        "host": host(),
-        "options": opts(asdict(options)),
-        "stages": [
-            {"name": s.name, "seconds": round(s.seconds, 4), "details": s.details} for s in reporter.stages
-        ],
-        "candidates": [
-            {
-                "precision": c.precision.value,
-                "passed": c.passed,
-                "accuracy": c.accuracy.to_dict() if c.accuracy else None,
-                "speed": c.speed.to_dict() if c.speed else None,
-                "chosen": c is chosen,
-            }
-            for c in candidates
-        ],
-        "accuracy": chosen.accuracy.to_dict() if chosen.accuracy else None,
-        "speed": chosen.speed.to_dict() if chosen.speed else None,
-        "source_nodes": len(source.graph.node),
-    }

@@ -1,24 +1,16 @@
-"""Stage 3, precision for the ONNX Runtime target: FP16 through ONNX Runtime's float16 converter, INT8 through
-``onnxruntime.quantization.quantize_static`` (QDQ) with a calibration data reader. No home-made quantiser."""
+"""Stage 3, precision: FP16 through ONNX Runtime's float16 converter, and the model facts INT8 needs on either
+target (transformer or not, the default calibration, tensors no 8-bit scale fits). INT8 itself: int8_ort.py
+(ONNX Runtime QDQ), openvino.py (NNCF), the mixed-precision search in sensitivity.py."""
 
 from __future__ import annotations
-
-import contextlib
-import io
-import logging
-import tempfile
-from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import onnx
 
-from kiln.builder.data import Dataset, Sample
-from kiln.builder.options import CalibrationMethod, CalibrationOptions
-from kiln.builder.report import Reporter, StageRecord
+from kiln.builder.data import Sample
+from kiln.builder.options import CalibrationMethod
+from kiln.builder.report import StageRecord
 from kiln.errors import InvalidArgumentError
-
-CALIBRATION_BATCH = 8
 
 
 def matching_nodes(model: onnx.ModelProto, patterns: tuple[str, ...]) -> list[str]:
@@ -52,109 +44,6 @@ def to_fp16(
     record.details["kept_fp32_nodes"] = len(blocked)
     record.details["io_types"] = "fp32" if keep_io_types else "fp16"
     return converted
-
-
-class _Reader:
-    """``onnxruntime.quantization.CalibrationDataReader`` over a Dataset, batched, with a progress bar."""
-
-    def __init__(self, batches: list[Sample], reporter: Reporter) -> None:
-        self._iter: Iterator[Sample] = reporter.track(iter(batches), len(batches), "calibrating")
-
-    def get_next(self) -> Sample | None:
-        return next(self._iter, None)
-
-
-def to_int8(
-    model: onnx.ModelProto,
-    calibration: Dataset,
-    options: CalibrationOptions,
-    batchable: bool,
-    reporter: Reporter,
-    record: StageRecord,
-) -> onnx.ModelProto:
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization import CalibrationMethod as OrtMethod
-
-    if len(calibration) == 0:
-        raise InvalidArgumentError("INT8 needs calibration samples: give --calibration-data")
-    method = {
-        CalibrationMethod.ENTROPY: OrtMethod.Entropy,
-        CalibrationMethod.MINMAX: OrtMethod.MinMax,
-        CalibrationMethod.PERCENTILE: OrtMethod.Percentile,
-    }[options.method or default_method(model)]
-    excluded = matching_nodes(model, options.keep_fp32) if options.keep_fp32 else []
-    extreme = extreme_range_nodes(model, calibration.samples[:2])
-    excluded = sorted(set(excluded) | set(extreme))
-    transformer = is_transformer(model)
-    op_types: list[str] | None = list(options.op_types) or None
-    if op_types is None and transformer:
-        # Transformers: INT8 MatMul/Gemm (the work), float elsewhere: their LayerNorm/residual activations have
-        # outliers that one 8-bit scale per tensor cannot hold (cosine 0.85 -> 0.94 on all-MiniLM-L6-v2).
-        op_types = ["MatMul", "Gemm"]
-    if extreme and op_types is None:
-        # ORT calibrates every tensor of the op types it quantizes, excluded nodes included: leave those op
-        # types out altogether (for a transformer: the mask Add/Where and Softmax; MatMul stays INT8).
-        from onnxruntime.quantization.registry import QDQRegistry
-
-        extreme_types = {n.op_type for n in model.graph.node if n.name in set(extreme)}
-        op_types = sorted(t for t in QDQRegistry if t not in extreme_types)
-        record.details["unquantised_op_types"] = sorted(extreme_types)
-    # ORT's histogram calibrators stack per-batch outputs, so every batch must have the same size: full
-    # batches only (a remainder smaller than a batch is left out), or batches of one for small sets.
-    size = CALIBRATION_BATCH if batchable and len(calibration) >= CALIBRATION_BATCH else 1
-    batches = [b for b in calibration.batches(size) if len(next(iter(b.values()))) == size]
-
-    class Reader(_Reader, CalibrationDataReader):
-        pass
-
-    extra = {
-        "CalibPercentile": options.percentile,
-        "ActivationSymmetric": False,
-        "WeightSymmetric": True,
-        "CalibTensorRangeSymmetric": False,
-    }
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "int8.onnx"
-        try:
-            with _quiet():
-                quantize_static(
-                    model,
-                    str(out),
-                    Reader(batches, reporter),
-                    quant_format=QuantFormat.QDQ,
-                    per_channel=options.per_channel,
-                    # U8 activations x S8 weights: the VNNI/AVX-512 integer kernels' native form on x86
-                    activation_type=QuantType.QUInt8,
-                    weight_type=QuantType.QInt8,
-                    nodes_to_exclude=excluded or None,
-                    op_types_to_quantize=op_types,
-                    calibrate_method=method,
-                    calibration_providers=["CPUExecutionProvider"],
-                    extra_options=extra,
-                )
-        except InvalidArgumentError:
-            raise
-        except Exception as e:
-            raise InvalidArgumentError(f"INT8 quantisation failed: {type(e).__name__}: {e}") from None
-        quantized = onnx.load(str(out))
-    ops = [n.op_type for n in quantized.graph.node]
-    record.details["method"] = (options.method or default_method(model)).value
-    record.details["op_types"] = (
-        "MatMul,Gemm (transformer)"
-        if transformer and not options.op_types
-        else (",".join(op_types) if op_types else "all")
-    )
-    record.details["calibration_samples"] = len(batches) * size
-    record.details["per_channel"] = options.per_channel
-    record.details["quantize_nodes"] = ops.count("QuantizeLinear")
-    record.details["dequantize_nodes"] = ops.count("DequantizeLinear")
-    record.details["kept_fp32_nodes"] = len(excluded)
-    if extreme:
-        record.details["auto_kept_fp32"] = extreme
-    record.details["int8_weights"] = sum(
-        1 for t in quantized.graph.initializer if t.data_type == onnx.TensorProto.INT8 and len(t.dims) > 1
-    )
-    return quantized
 
 
 EXTREME = 1e30
@@ -208,19 +97,6 @@ def extreme_range_nodes(model: onnx.ModelProto, samples: list[Sample]) -> list[s
             if arr.size and (not np.isfinite(arr).all() or float(np.abs(arr).max()) > EXTREME):
                 bad.add(name)
     return sorted(n.name for n in model.graph.node if n.name and (bad & set(n.output) or bad & set(n.input)))
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """onnxruntime.quantization prints progress and logs advice on the root logger; our stages report it."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            yield
-    finally:
-        root.setLevel(level)
 
 
 def weight_bytes(model: onnx.ModelProto) -> int:

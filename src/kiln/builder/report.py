@@ -20,6 +20,7 @@ class StageRecord:
     name: str
     seconds: float = 0.0
     details: dict[str, Any] = field(default_factory=dict)
+    failed: bool = False  # the stage ran but its check failed (a gate): printed in red as "failed"
 
     def summary(self) -> str:
         return ", ".join(f"{k} {_fmt(v)}" for k, v in self.details.items() if not isinstance(v, (dict, list)))
@@ -47,16 +48,21 @@ class Reporter:
             yield record
         except BaseException:
             record.seconds = time.perf_counter() - start
-            self.console.print(f"[red]x[/red]  {name:<15} failed after {record.seconds:.2f}s")
+            self.console.print(f"[red]failed[/red] {name:<15} {record.seconds:6.2f}s  (error)")
             raise
         record.seconds = time.perf_counter() - start
         self.stages.append(record)
+        mark = "[red]failed[/red]" if record.failed else "[green]ok[/green]"
+        pad = " " * (6 - len("failed" if record.failed else "ok"))
         self.console.print(
-            f"[green]ok[/green] {name:<15} {record.seconds:6.2f}s  {escape(record.summary())}", soft_wrap=True
+            f"{mark}{pad} {name:<15} {record.seconds:6.2f}s  {escape(record.summary())}", soft_wrap=True
         )
 
     def note(self, text: str, style: str | None = None) -> None:
         self.console.print(f"   {text}", soft_wrap=True, markup=False, style=style)
+
+    def warn(self, text: str) -> None:
+        self.console.print(f"[yellow]warning[/yellow] {escape(text)}", soft_wrap=True)
 
     def track(self, items: Iterable[T], total: int, description: str) -> Iterator[T]:
         if not self.show_progress or total < 2:

@@ -30,8 +30,8 @@ def add_parser(sub: Any) -> None:
     cal.add_argument(
         "--preprocessing",
         choices=["none", "unit", "inception", "vgg", "imagenet"],
-        default="none",
-        help="how images are scaled (inception: x/127.5-1, vgg: BGR minus means, imagenet: mean/std)",
+        help="how images are scaled (unit: x/255, inception: x/127.5-1, vgg: BGR minus means, imagenet: "
+        "mean/std); required for image folders unless recorded for the model folder",
     )
     cal.add_argument("--calibration-samples", type=int, default=256, help="at most this many (default 256)")
     cal.add_argument("--percentile", type=float, default=99.999, help="for --calibration-method percentile")
@@ -46,12 +46,30 @@ def add_parser(sub: Any) -> None:
         metavar="OP",
         help="op types to quantise (default: all; MatMul and Gemm for transformers)",
     )
+    cal.add_argument(
+        "--no-mixed-precision",
+        action="store_true",
+        help="INT8: don't keep the most sensitive layers in float when all-INT8 fails the gate",
+    )
+    cal.add_argument(
+        "--search-budget", type=float, default=600.0, metavar="S", help="mixed-precision search bound (s)"
+    )
     acc = p.add_argument_group("accuracy gate")
     acc.add_argument(
         "--validation-data", type=Path, metavar="DIR", help="default: a hold-out of the calibration data"
     )
     acc.add_argument(
-        "--validation-samples", type=int, default=64, help="random samples when no data is given"
+        "--validation-labels", type=Path, metavar="FILE", help="one class per validation sample (.npy, .txt)"
+    )
+    acc.add_argument(
+        "--validation-samples", type=int, default=128, help="random samples when no data is given"
+    )
+    acc.add_argument(
+        "--min-validation-samples",
+        type=int,
+        default=100,
+        metavar="N",
+        help="the gate refuses to pass on fewer samples (default 100; 0 allows any)",
     )
     acc.add_argument(
         "--tolerance",
@@ -71,6 +89,9 @@ def add_parser(sub: Any) -> None:
     out = p.add_argument_group("output")
     out.add_argument("--threads", type=int, help="intra-op threads written to config.pbtxt")
     out.add_argument("--version", type=int, help="version folder to write (default: the next free one)")
+    out.add_argument(
+        "--labels", type=Path, metavar="FILE", help="class names, one a line: copied in, sets label_filename"
+    )
     out.add_argument("--no-optimize", action="store_true", help="skip graph optimisation")
     out.add_argument("--fp16-io", action="store_true", help="FP16 inputs/outputs too (default: keep FP32)")
     out.add_argument(
@@ -121,15 +142,19 @@ def options_from_args(args: argparse.Namespace) -> Any:
         calibration=CalibrationOptions(
             data=args.calibration_data,
             method=CalibrationMethod(args.calibration_method) if args.calibration_method else None,
-            preprocessing=Preprocessing(args.preprocessing),
+            preprocessing=Preprocessing(args.preprocessing) if args.preprocessing else None,
             max_samples=args.calibration_samples,
             per_channel=not args.per_tensor,
             percentile=args.percentile,
             keep_fp32=tuple(args.keep_fp32),
             op_types=tuple(args.quantize_op_types),
+            mixed_precision=not args.no_mixed_precision,
+            search_budget_s=args.search_budget,
         ),
         validation_data=args.validation_data,
+        validation_labels=args.validation_labels,
         validation_samples=args.validation_samples,
+        min_validation_samples=args.min_validation_samples,
         tolerance=tolerance,
         accept_accuracy_drop=args.accept_accuracy_drop,
         profile=profile,
@@ -139,6 +164,7 @@ def options_from_args(args: argparse.Namespace) -> Any:
         max_batch_size=args.max_batch_size,
         threads=args.threads,
         version=args.version,
+        labels=args.labels,
         benchmark=not args.no_benchmark,
         progress=not args.no_progress,
     )

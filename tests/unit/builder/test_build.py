@@ -46,6 +46,7 @@ def _options(work: Path, model: str, out: str, **kw: object) -> BuildOptions:
         calibration=cal,  # type: ignore[arg-type]
         benchmark=bool(kw.pop("benchmark", False)),
         progress=False,
+        min_validation_samples=int(kw.pop("min_validation_samples", 2)),  # type: ignore[call-overload]
         **kw,  # type: ignore[arg-type]
     )
 
@@ -183,7 +184,7 @@ def test_image_calibration_folder_with_labels(work: Path) -> None:
     inputs = graph_inputs(onnx.load(str(work / "conv.onnx")))
     data = load_dataset(folder, inputs, Preprocessing.INCEPTION)
     assert len(data) == 12 and data.labels is not None and list(data.labels[:3]) == [0, 1, 2]
-    x = data.samples[0]["x"]
+    x = data.take(1)[0]["x"]
     assert x.shape == (1, 3, 16, 16) and x.dtype == np.float32  # resized to the input, NCHW
     assert -1.0 <= x.min() and x.max() <= 1.0  # INCEPTION scaling
     cal = CalibrationOptions(data=folder, preprocessing=Preprocessing.INCEPTION)

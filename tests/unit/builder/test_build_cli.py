@@ -65,7 +65,7 @@ def test_cli_build_then_bench(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     save(conv_net(), tmp_path, "conv.onnx")
     write_samples(tmp_path / "cal", "x", (3, 16, 16), 24)
     repo = tmp_path / "repo"
-    common = ["--no-progress", "--no-benchmark"]
+    common = ["--no-progress", "--no-benchmark", "--min-validation-samples", "0"]
     assert (
         main(["build", str(tmp_path / "conv.onnx"), "-o", str(repo / "fp32"), "--threads", "1", *common]) == 0
     )

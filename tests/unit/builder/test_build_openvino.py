@@ -38,6 +38,7 @@ def _build(work: Path, name: str, precision: Precision, method: CalibrationMetho
             calibration=CalibrationOptions(data=work / "cal", method=method),
             benchmark=False,
             progress=False,
+            min_validation_samples=0,
         )
     )
     return result.version_dir
