@@ -43,12 +43,13 @@ import warnings
 import zipfile
 from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 
+from kiln.backends import torch_io
 from kiln.backends.base import Backend
+from kiln.backends.torch_io import Slot
 from kiln.backends.torch_options import ThreadPools, TorchOptions, _torch
 from kiln.config import ModelIO
 from kiln.config.schema import model_config_pb2
@@ -57,29 +58,14 @@ from kiln.errors import (
     InvalidArgumentError,
     KilnError,
     MissingDependencyError,
-    ModelConfigError,
     ModelLoadError,
 )
-from kiln.types.datatypes import BY_CONFIG_NAME, BY_NAME, DataType
+from kiln.types.datatypes import BY_CONFIG_NAME, DataType
 
 log = logging.getLogger(__name__)
 # torch 2.13 marks torch.jit.load / trace deprecated (in favour of torch.export); serving TorchScript is this
 # backend's job, so that notice would only repeat on every load
 warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is deprecated", category=DeprecationWarning)
-
-#: Kiln datatype name -> torch dtype attribute (what Triton's PyTorch backend serves as tensors)
-_TORCH_TYPES = {
-    "BOOL": "bool",
-    "UINT8": "uint8",
-    "INT8": "int8",
-    "INT16": "int16",
-    "INT32": "int32",
-    "INT64": "int64",
-    "FP16": "float16",
-    "FP32": "float32",
-    "FP64": "float64",
-}
-_DELIMITER = "__"
 
 
 class _Shared:
@@ -87,14 +73,6 @@ class _Shared:
 
     lock = threading.Lock()
     modules: ClassVar[dict[tuple[str, str, str], list[Any]]] = {}  # key -> [module, extra, users]
-
-
-@dataclass(frozen=True)
-class _Slot:
-    """Where a config tensor goes in (or comes from) the model's call: a position, or a dict key."""
-
-    index: int | None = None
-    key: str | None = None
 
 
 class PyTorchBackend(Backend):
@@ -133,10 +111,10 @@ class PyTorchBackend(Backend):
             self.device = torch.device("cuda", self.context.device_id)
         else:
             self.device = torch.device("cpu")
-        self._check_datatypes()
+        torch_io.check_datatypes(self.config)
         self.format = self._format()
         self._exported_signature: tuple[list[ModelIO], list[ModelIO]] | None = None
-        self._maps: tuple[dict[str, _Slot], dict[str, _Slot]] | None = None
+        self._maps: tuple[dict[str, Slot], dict[str, Slot]] | None = None
         self._lock = threading.Lock()
         try:
             for kind, value in (
@@ -147,31 +125,42 @@ class PyTorchBackend(Backend):
                     ThreadPools.claim(torch, self, kind, value)
             self._module, self._extra = self._load_shared()
             if self.format == "torchscript":
-                self._arg_names, self._arg_kinds, self._dict_input = self._torchscript_arguments()
-                self._returns = self._torchscript_returns()
-                self._maps = (self._map_inputs(), self._map_outputs())
+                self._arg_names, self._arg_kinds, self._dict_input = torch_io.torchscript_arguments(
+                    self._module, self.model_path.name
+                )
+                self._returns = torch_io.torchscript_returns(self._module, self.model_path.name)
+                self._maps = self._map()
             else:
                 self._dict_input = False
                 self._returns = self._extra["returns"]
                 if self.format == "export":
-                    self._exported_signature = self._export_signature()
+                    self._exported_signature = torch_io.export_signature(
+                        self._extra["program"], self._returns, self.model_path.name
+                    )
                     self._arg_names = [io.name for io in self._exported_signature[0]]
                 else:  # AOTInductor: positional inputs, no names
                     self._arg_names = []
                 self._arg_kinds = ["Tensor"] * (len(self._arg_names) or self._extra.get("args", 0))
                 if self.format == "aoti" or self.config.input:
                     # a torch.export program's config may still be auto-completed: mapped at first use then
-                    self._maps = (self._map_inputs(), self._map_outputs())
+                    self._maps = self._map()
         except BaseException:
             self.unload()
             raise
 
-    def _slots(self) -> tuple[dict[str, _Slot], dict[str, _Slot]]:
+    def _slots(self) -> tuple[dict[str, Slot], dict[str, Slot]]:
         if self._maps is None:
             with self._lock:
                 if self._maps is None:
-                    self._maps = (self._map_inputs(), self._map_outputs())
+                    self._maps = self._map()
         return self._maps
+
+    def _map(self) -> tuple[dict[str, Slot], dict[str, Slot]]:
+        declared = self._exported_signature
+        inputs = torch_io.map_inputs(
+            self.config, self._arg_names, self._arg_kinds, self._dict_input, declared[0] if declared else None
+        )
+        return inputs, torch_io.map_outputs(self.config, self._returns, declared[1] if declared else None)
 
     def _format(self) -> str:
         if self.model_path.suffix != ".pt2":
@@ -211,7 +200,10 @@ class PyTorchBackend(Backend):
                     module = program.module()
                     if self.device.type != "cpu":
                         module = module.to(self.device)
-                    return module, {"program": program, "returns": _spec_returns(program.call_spec.out_spec)}
+                    return module, {
+                        "program": program,
+                        "returns": torch_io.spec_returns(program.call_spec.out_spec),
+                    }
                 return self._load_aoti(path)
         except KilnError:
             raise
@@ -238,222 +230,7 @@ class PyTorchBackend(Backend):
                 f"{self.model_path.name}: keyword inputs {kwargs_spec.context} are not served (export the model "
                 f"with positional inputs only)"
             )
-        return compiled, {"args": args_spec.num_children, "returns": _spec_returns(out_spec)}
-
-    def _check_datatypes(self) -> None:
-        batched = self.config.max_batch_size > 0
-        for kind, entries in (("input", self.config.input), ("output", self.config.output)):
-            for entry in entries:
-                dtype = BY_CONFIG_NAME.get(model_config_pb2.DataType.Name(entry.data_type))
-                where = f"model '{self.config.name}' {kind} '{entry.name}'"
-                if dtype is None or (dtype.name not in _TORCH_TYPES and dtype.name != "BYTES"):
-                    name = model_config_pb2.DataType.Name(entry.data_type)
-                    raise ModelConfigError(
-                        f"{where}: data_type {name} is not supported by the PyTorch backend (it serves "
-                        f"TYPE_BOOL, TYPE_UINT8, TYPE_INT8/16/32/64, TYPE_FP16/32/64 and TYPE_STRING)"
-                    )
-                if dtype.name == "BYTES":
-                    dims = list(entry.reshape.shape) if entry.HasField("reshape") else list(entry.dims)
-                    if len(dims) + (1 if batched else 0) > 1:
-                        raise ModelConfigError(
-                            f"{where}: the PyTorch backend passes TYPE_STRING as a List[str], so only one "
-                            f"dimension in all is allowed (with batching: dims: [1] and reshape "
-                            f"{{ shape: [] }}), got {dims}"
-                        )
-
-    # -- the model's call --------------------------------------------------------------------------------------
-    def _torchscript_arguments(self) -> tuple[list[str], list[str], bool]:
-        try:
-            schema = self._module.forward.schema
-        except (AttributeError, RuntimeError):
-            raise ModelLoadError(f"{self.model_path.name} has no forward method") from None
-        args = list(schema.arguments)
-        if args and args[0].type.kind() == "ClassType":
-            args = args[1:]  # self
-        if len(args) == 1 and args[0].type.kind() == "DictType":
-            if str(args[0].type) != "Dict[str, Tensor]":
-                raise ModelLoadError(
-                    f"{self.model_path.name}: a dict input must be Dict[str, Tensor], not {args[0].type}"
-                )
-            return [], [], True
-        names, kinds = [], []
-        for arg in args:
-            text = str(arg.type)
-            if arg.type.kind() == "DictType":
-                raise ModelLoadError(
-                    f"{self.model_path.name}: forward has several arguments and '{arg.name}' is a dict; only a "
-                    f"single input of type Dict[str, Tensor] is supported"
-                )
-            if text not in ("Tensor", "List[str]"):
-                raise ModelLoadError(
-                    f"{self.model_path.name}: forward argument '{arg.name}' has type '{text}'; the PyTorch "
-                    f"backend passes Tensors, a List[str] (TYPE_STRING) or one Dict[str, Tensor]"
-                )
-            names.append(arg.name)
-            kinds.append(text)
-        return names, kinds, False
-
-    def _torchscript_returns(self) -> dict[str, Any]:
-        returns = self._module.forward.schema.returns
-        if len(returns) != 1:
-            raise ModelLoadError(f"{self.model_path.name}: forward returns {len(returns)} values")
-        kind_of = returns[0].type
-
-        def leaf(t: Any) -> str:
-            return "tensor" if str(t) == "Tensor" else "strings" if str(t) == "List[str]" else ""
-
-        if leaf(kind_of):
-            return {"kind": "tuple", "count": 1, "single": True}
-        if kind_of.kind() == "TupleType":
-            bad = [str(t) for t in kind_of.elements() if not leaf(t)]
-            if bad:
-                raise ModelLoadError(
-                    f"{self.model_path.name}: forward returns {kind_of}; each element must be a Tensor or a "
-                    f"List[str]"
-                )
-            return {"kind": "tuple", "count": len(kind_of.elements()), "single": False}
-        if str(kind_of) == "List[Tensor]":
-            return {"kind": "tuple", "count": None, "single": False}
-        if str(kind_of) == "Dict[str, Tensor]":
-            return {"kind": "dict", "keys": None}
-        raise ModelLoadError(
-            f"{self.model_path.name}: forward returns {kind_of}; serve models that return a Tensor, a List[str], "
-            f"a tuple of those, a List[Tensor] or a Dict[str, Tensor]"
-        )
-
-    def _extra_inputs(self) -> list[str]:
-        """Sequence-batcher tensors Kiln feeds besides the config inputs (controls, state inputs)."""
-        seq = self.config.sequence_batching
-        if not self.config.HasField("sequence_batching"):
-            return []
-        return [c.name for c in seq.control_input] + [s.input_name for s in seq.state]
-
-    def _map_inputs(self) -> dict[str, _Slot]:
-        arg_names, arg_kinds = self._arg_names, self._arg_kinds
-        names = [e.name for e in self.config.input]
-        if (
-            not names and self._exported_signature is not None
-        ):  # a bare config (kiln bench): the program's own
-            names = [io.name for io in self._exported_signature[0]]
-        extra = self._extra_inputs()
-        if self._dict_input:
-            return {n: _Slot(key=n) for n in [*names, *extra]}
-        where = f"model '{self.config.name}'"
-        if len(names) + len(extra) != len(arg_kinds):
-            raise ModelConfigError(
-                f"{where}: configuration expects {len(names) + len(extra)} inputs, the model's forward takes "
-                f"{len(arg_kinds)}" + (f" ({', '.join(arg_names)})" if arg_names else "")
-            )
-        slots: dict[str, _Slot] = {}
-        if arg_names and all(n in arg_names for n in names):
-            slots = {n: _Slot(arg_names.index(n)) for n in names}
-        elif all(_named_index(n) is not None for n in names):
-            slots = {n: _Slot(_named_index(n)) for n in names}
-        else:
-            log.warning(
-                "model '%s': inputs %s are neither forward arguments %s nor <name>__<index> names: they go to "
-                "forward in config order", self.config.name, names, arg_names,
-            )  # fmt: skip
-            slots = {n: _Slot(i) for i, n in enumerate(names)}
-        for n in extra:
-            index = _named_index(n)
-            if index is None:
-                raise ModelConfigError(
-                    f"{where}: sequence tensor '{n}' must follow the <name>__<index> naming convention for a "
-                    f"PyTorch model"
-                )
-            slots[n] = _Slot(index)
-        used = [s.index for s in slots.values()]
-        if sorted(used) != list(range(len(arg_kinds))):  # type: ignore[type-var]
-            raise ModelConfigError(
-                f"{where}: input positions {dict((n, s.index) for n, s in slots.items())} do not cover the "
-                f"forward's {len(arg_kinds)} arguments once each"
-            )
-        types = {
-            e.name: BY_CONFIG_NAME[model_config_pb2.DataType.Name(e.data_type)] for e in self.config.input
-        }
-        for n, slot in slots.items():
-            dtype = types.get(n)
-            assert slot.index is not None
-            wants_strings = arg_kinds[slot.index] == "List[str]"
-            if dtype is not None and wants_strings != (dtype.name == "BYTES"):
-                raise ModelConfigError(
-                    f"{where} input '{n}': the model takes a {arg_kinds[slot.index]} there, so its data_type "
-                    f"must be {'TYPE_STRING' if wants_strings else 'a tensor type, not TYPE_STRING'}"
-                )
-        return slots
-
-    def _map_outputs(self) -> dict[str, _Slot]:
-        names = [e.name for e in self.config.output]
-        if not names and self._exported_signature is not None:
-            names = [io.name for io in self._exported_signature[1]]
-        states = (
-            [s.output_name for s in self.config.sequence_batching.state]
-            if self.config.HasField("sequence_batching")
-            else []
-        )
-        returns = self._returns
-        if returns["kind"] == "dict":
-            keys = returns.get("keys")
-            missing = [n for n in names if keys is not None and n not in keys]
-            if missing:
-                raise ModelConfigError(
-                    f"model '{self.config.name}': outputs {missing} are not keys of the dict the model returns "
-                    f"({list(keys or [])})"
-                )
-            return {n: _Slot(key=n) for n in [*names, *states]}
-        if all(_named_index(n) is not None for n in names):
-            slots = {n: _Slot(_named_index(n)) for n in names}
-        else:
-            if len(names) > 1:
-                log.warning(
-                    "model '%s': outputs %s do not all follow the <name>__<index> convention: they are read "
-                    "from the model's results in config order", self.config.name, names,
-                )  # fmt: skip
-            slots = {n: _Slot(i) for i, n in enumerate(names)}
-        for n in states:
-            index = _named_index(n)
-            if index is None:
-                raise ModelConfigError(
-                    f"model '{self.config.name}': sequence state output '{n}' must follow the <name>__<index> "
-                    f"naming convention for a PyTorch model"
-                )
-            slots[n] = _Slot(index)
-        count = returns.get("count")
-        if count is not None:
-            bad = {n: s.index for n, s in slots.items() if s.index is not None and s.index >= count}
-            if bad:
-                raise ModelConfigError(
-                    f"model '{self.config.name}': outputs {bad} refer to result positions the model does not "
-                    f"have; it returns {count} value(s)"
-                )
-        return slots
-
-    # -- the readable signature of torch.export programs -------------------------------------------------------
-    def _export_signature(self) -> tuple[list[ModelIO], list[ModelIO]]:
-        program = self._extra["program"]
-        user_inputs = [s.arg.name for s in program.graph_signature.input_specs if s.kind.name == "USER_INPUT"]
-        placeholders = {n.name: n for n in program.graph.nodes if n.op == "placeholder"}
-        arg_names = list(program.module_call_graph[0].signature.forward_arg_names or [])
-        if len(arg_names) != len(user_inputs):
-            arg_names = user_inputs
-        inputs = [
-            _fake_io(arg, placeholders[node].meta.get("val"), self.model_path.name)
-            for arg, node in zip(arg_names, user_inputs, strict=True)
-        ]
-        output_node = next(n for n in program.graph.nodes if n.op == "output")
-        values = [a.meta.get("val") if hasattr(a, "meta") else None for a in output_node.args[0]]
-        user_outputs = [
-            v for s, v in zip(program.graph_signature.output_specs, values, strict=False)
-            if s.kind.name == "USER_OUTPUT"
-        ]  # fmt: skip
-        returns = self._extra["returns"]
-        if returns["kind"] == "dict":
-            names = list(returns["keys"])
-        else:
-            names = [f"OUTPUT__{i}" for i in range(len(user_outputs))]
-        outputs = [_fake_io(n, v, self.model_path.name) for n, v in zip(names, user_outputs, strict=True)]
-        return inputs, outputs
+        return compiled, {"args": args_spec.num_children, "returns": torch_io.spec_returns(out_spec)}
 
     def signature(self) -> tuple[list[ModelIO], list[ModelIO]] | None:
         """torch.export programs declare their I/O; TorchScript and AOTInductor packages do not (None)."""
@@ -594,7 +371,7 @@ class PyTorchBackend(Backend):
             )
         if value.dim() == 0:
             raise InvalidArgumentError(f"output '{name}' is a scalar which is not supported.")
-        provided = _TORCH_NAMES.get(str(value.dtype).removeprefix("torch."))
+        provided = torch_io.TORCH_NAMES.get(str(value.dtype).removeprefix("torch."))
         if spec is not None and provided != spec.name:
             shown = f"TYPE_{provided}" if provided else str(value.dtype)
             raise InvalidArgumentError(
@@ -625,37 +402,5 @@ class PyTorchBackend(Backend):
         self.__dict__.pop("_extra", None)
 
 
-_TORCH_NAMES = {v: k for k, v in _TORCH_TYPES.items()}
-
-
-def _named_index(name: str) -> int | None:
-    """The index of a ``<name>__<index>`` tensor name (Triton: after the first ``__``, digits only)."""
-    _head, sep, tail = name.partition(_DELIMITER)
-    return int(tail) if sep and tail.isdigit() else None
-
-
 def _is_strings(value: Any) -> bool:
     return isinstance(value, list) and all(isinstance(v, str) for v in value)
-
-
-def _spec_returns(spec: Any) -> dict[str, Any]:
-    """How a torch.export / AOTInductor out_spec lays out the results: a dict (its keys), else positions."""
-    if spec.type is dict:
-        keys = list(spec.context)
-        if not all(isinstance(k, str) for k in keys):
-            raise ModelLoadError(f"the model returns a dict with non-string keys {keys}")
-        return {"kind": "dict", "keys": keys}
-    if spec.type is None:  # a single tensor
-        return {"kind": "tuple", "count": 1, "single": True}
-    return {"kind": "tuple", "count": spec.num_children, "single": False}
-
-
-def _fake_io(name: str, value: Any, filename: str) -> ModelIO:
-    dtype_name = _TORCH_NAMES.get(str(getattr(value, "dtype", "")).removeprefix("torch."))
-    if dtype_name is None:
-        raise ModelLoadError(
-            f"{filename}: '{name}' is {getattr(value, 'dtype', type(value).__name__)}, which the PyTorch backend "
-            f"does not serve"
-        )
-    shape = tuple(d if isinstance(d, int) else -1 for d in value.shape)
-    return ModelIO(name, BY_NAME[dtype_name], shape)
