@@ -26,7 +26,7 @@ from servers import KilnProcess
 def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     work = tmp_path_factory.mktemp("perf")
     source = save(mlp(), work, "mlp.onnx")
-    write_samples(work / "cal", "features", (32,), 40)
+    write_samples(work / "cal", "features", (32,), 520)  # 20 % held out: above the gate's minimum of 100
     common = {"benchmark": False, "progress": False, "calibration": CalibrationOptions(data=work / "cal")}
     build(BuildOptions(source=source, output=work / "repo" / "fp32", threads=1, **common))  # type: ignore[arg-type]
     build(BuildOptions(source=source, output=work / "repo" / "int8", precision=Precision.INT8, **common))  # type: ignore[arg-type]
@@ -145,3 +145,60 @@ def test_bench_runs_a_model_as_serve_does(tmp_path: Path) -> None:
         (result,) = json.loads(out.read_text())["results"]
         assert {k: result["settings"][k] for k in keys} == {k: served[name][k] for k in keys}, name
         assert result["threads"] == served[name]["intra_op_threads"]
+
+
+def _shares(profile: dict) -> float:
+    return sum(n["share_percent"] for n in profile["nodes"])
+
+
+def test_profile_onnxruntime_counts_the_timed_runs_only(repo: Path) -> None:
+    (result,) = bench(BenchOptions(artifacts=(repo / "repo" / "fp32",), iterations=25, warmup_s=0.05,
+                                   batch=2, profile=True))  # fmt: skip
+    profile = result.profile
+    assert profile is not None and profile.backend == "onnxruntime"
+    assert profile.runs == 25  # warm-up runs are not in the profile
+    assert profile.nodes and all(n.calls == 25 for n in profile.nodes)
+    assert {n.op_type for n in profile.nodes} & {"Gemm", "MatMul", "FusedGemm", "Relu"}
+    doc = profile.to_dict()
+    assert _shares(doc) == pytest.approx(100.0, abs=0.01)  # type: ignore[arg-type]
+    assert sum(t["share_percent"] for t in doc["op_types"]) == pytest.approx(100.0, abs=0.01)  # type: ignore[index, union-attr]
+    top = profile.top(2)
+    assert len(top) == min(2, len(profile.nodes)) and top[0].total_us >= top[-1].total_us
+    (plain,) = bench(BenchOptions(artifacts=(repo / "repo" / "fp32",), iterations=3, warmup_s=0.0))
+    assert plain.profile is None
+
+
+def test_profile_compare_onnxruntime_and_openvino_side_by_side(
+    repo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ov = pytest.importorskip("openvino")
+    source = repo / "repo" / "fp32" / "1" / "model.onnx"
+    xml = tmp_path / "model.xml"
+    ov.save_model(ov.convert_model(str(source)), str(xml))
+    exported = tmp_path / "profile.json"
+    code = main(["bench", "--compare", str(source), str(xml), "--iterations", "20", "--warmup", "0.05",
+                 "--batch", "4", "--profile", "--profile-top", "3", "--export-profile", str(exported)])  # fmt: skip
+    out = " ".join(capsys.readouterr().out.split())
+    assert code == 0
+    assert "slowest nodes (onnxruntime" in out and "slowest nodes (openvino" in out
+    assert "time per op family" in out and "B / A" in out
+    doc = json.loads(exported.read_text())
+    ort_profile, ov_profile = doc["profiles"]
+    assert ort_profile["backend"] == "onnxruntime" and ov_profile["backend"] == "openvino"
+    for profile in (ort_profile, ov_profile):
+        assert profile["runs"] == 20 and profile["nodes"]
+        assert _shares(profile) == pytest.approx(100.0, abs=0.01)
+        assert profile["total_ms_per_run"] > 0
+    # OpenVINO names its kernels with their precision (e.g. brgemm_avx2_f32)
+    assert any("32" in n["kernel"] for n in ov_profile["nodes"])
+
+
+def test_profile_of_other_backends_is_a_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    param = tmp_path / "model.param"
+    param.write_text("7767517\n")
+    with pytest.raises(InvalidArgumentError, match="profiling is not supported for the 'ncnn' backend"):
+        bench(BenchOptions(artifacts=(param,), iterations=1, profile=True))
+    assert main(["bench", str(param), "--profile"]) == 1
+    assert "ONNX Runtime (.onnx) and OpenVINO (.xml)" in " ".join(capsys.readouterr().err.split())

@@ -29,6 +29,15 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--rounds", type=int, default=4, help="with --compare: alternate A/B this many times")
     p.add_argument("--json", type=Path, metavar="FILE", help="write results, latencies, settings as JSON")
     p.add_argument("--histogram", type=Path, metavar="PNG", help="latency histogram (needs the plot extra)")
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="per-node profile of the timed runs: slowest nodes and time per op type (ONNX Runtime, OpenVINO)",
+    )
+    p.add_argument("--profile-top", type=int, default=15, metavar="N", help="nodes listed per artifact (15)")
+    p.add_argument(
+        "--export-profile", type=Path, metavar="FILE", help="write the profile as JSON (implies --profile)"
+    )
     p.set_defaults(func=run)
 
 
@@ -52,6 +61,7 @@ def options_from_args(args: argparse.Namespace) -> Any:
         shapes=parse_shape_spec(args.shapes),
         rounds=args.rounds if len(artifacts) > 1 else 1,
         input_data=args.load_inputs,
+        profile=bool(args.profile or args.export_profile),
     )
 
 
@@ -61,12 +71,24 @@ def run(args: argparse.Namespace) -> int:
 
     from kiln.errors import KilnError
     from kiln.perf import bench
-    from kiln.perf.report import print_results, results_json, write_histogram, write_json
+    from kiln.perf.report import (
+        print_profiles,
+        print_results,
+        results_json,
+        write_histogram,
+        write_json,
+        write_profile_json,
+    )
 
     err = Console(stderr=True, highlight=False)
     try:
         results = bench(options_from_args(args))
         print_results(results)
+        if any(r.profile for r in results):
+            print_profiles(results, top=args.profile_top)
+        if args.export_profile:
+            write_profile_json(results, args.export_profile)
+            err.print(f"wrote {args.export_profile}")
         if args.json:
             write_json(results, args.json)
             err.print(f"wrote {args.json}")

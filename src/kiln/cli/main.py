@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from kiln import __version__
-from kiln.cli import bench, build, perf_analyzer, serve
+from kiln.cli import batch, bench, build, perf_analyzer, serve, tune
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,6 +20,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_parser(sub)
     build.add_parser(sub)
     bench.add_parser(sub)
+    tune.add_parser(sub)
+    batch.add_parser(sub)
     perf_analyzer.add_parser(sub)
     return parser
 

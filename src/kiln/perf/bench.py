@@ -11,7 +11,8 @@ from pathlib import Path
 
 from kiln.errors import InvalidArgumentError
 from kiln.perf.measure import LatencyStats, MemorySampler, load_feeds, make_feeds, rss_bytes, time_runs
-from kiln.perf.runners import open_runner, resolve
+from kiln.perf.profile import Profile, collect, profiling_class
+from kiln.perf.runners import Artifact, Runner, open_runner, resolve
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,7 @@ class BenchOptions:
     rounds: int = 1  # with several artifacts, alternate A, B, A, B ... this many times
     input_data: Path | None = None  # .npz of real inputs (like trtexec --loadInputs); else random data
     seed: int = 0
+    profile: bool = False  # per-node times of the timed runs (ONNX Runtime and OpenVINO artifacts)
 
 
 @dataclass
@@ -40,10 +42,12 @@ class BenchResult:
     load_s: float
     peak_memory_mb: float
     latency: LatencyStats
+    profile: Profile | None = None
 
     def to_dict(self, with_latencies: bool = False) -> dict[str, object]:
         lat = {k: v for k, v in vars(self.latency).items() if with_latencies or k != "latencies_ms"}
-        return {**{k: v for k, v in vars(self).items() if k != "latency"}, "latency": lat}
+        plain = {k: v for k, v in vars(self).items() if k not in ("latency", "profile")}
+        return {**plain, "latency": lat, "profile": self.profile.to_dict() if self.profile else None}
 
 
 def artifact_size_mb(path: Path) -> float:
@@ -59,30 +63,23 @@ def bench(options: BenchOptions) -> list[BenchResult]:
         raise InvalidArgumentError("nothing to benchmark: give an artifact or a repository model folder")
     if options.batch < 1:
         raise InvalidArgumentError("--batch must be >= 1")
-    loaded = []
-    for path in options.artifacts:
-        artifact = resolve(path)
-        gc.collect()
-        with MemorySampler() as memory:
-            t0 = time.perf_counter()
-            runner = open_runner(artifact, options.threads, name=str(path))
-            load_s = time.perf_counter() - t0
-        memory.steady = rss_bytes() - memory.baseline
-        feeds = (
-            load_feeds(options.input_data, runner, options.batch)
-            if options.input_data
-            else make_feeds(runner, options.batch, options.shapes, options.seed)
-        )
-        loaded.append((artifact, runner, feeds, load_s, memory))
+    artifacts = [resolve(path) for path in options.artifacts]
+    # an unsupported backend fails before anything loads
+    classes = [profiling_class(a.backend) if options.profile else None for a in artifacts]
+    loaded = [
+        _load(path, artifact, klass, options)
+        for path, artifact, klass in zip(options.artifacts, artifacts, classes, strict=True)
+    ]
     latencies: list[list[float]] = [[] for _ in loaded]
     walls = [0.0 for _ in loaded]
     rounds = max(1, options.rounds)
     iterations = None if options.iterations is None else max(1, options.iterations // rounds)
     for _ in range(rounds):
-        for i, (_artifact, runner, feeds, _load, memory) in enumerate(loaded):
+        for i, (_artifact, runner, feeds, _load_s, memory) in enumerate(loaded):
+            timed = getattr(runner.backend, "set_timing", None)
             with MemorySampler() as during:
                 runs, wall = time_runs(
-                    runner, feeds, iterations, options.duration_s / rounds, options.warmup_s
+                    runner, feeds, iterations, options.duration_s / rounds, options.warmup_s, timed=timed
                 )
             latencies[i] += runs
             walls[i] += wall
@@ -102,10 +99,28 @@ def bench(options: BenchOptions) -> list[BenchResult]:
                 load_s=load_s,
                 peak_memory_mb=memory.used_mb,
                 latency=LatencyStats.from_latencies(lat, options.batch, wall),
+                profile=collect(runner.backend, runner.name) if options.profile else None,
             )
         )
         runner.close()
     return results
+
+
+def _load(
+    path: Path, artifact: Artifact, klass: type | None, options: BenchOptions
+) -> tuple[Artifact, Runner, dict, float, MemorySampler]:
+    gc.collect()
+    with MemorySampler() as memory:
+        t0 = time.perf_counter()
+        runner = open_runner(artifact, options.threads, name=str(path), klass=klass)
+        load_s = time.perf_counter() - t0
+    memory.steady = rss_bytes() - memory.baseline
+    feeds = (
+        load_feeds(options.input_data, runner, options.batch)
+        if options.input_data
+        else make_feeds(runner, options.batch, options.shapes, options.seed)
+    )
+    return artifact, runner, feeds, load_s, memory
 
 
 def host() -> dict[str, object]:

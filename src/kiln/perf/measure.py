@@ -6,7 +6,7 @@ import os
 import resource
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -127,13 +127,31 @@ def time_runs(
     duration_s: float | None = 3.0,
     warmup_s: float = 0.5,
     min_iterations: int = 5,
+    timed: Callable[[bool], None] | None = None,
 ) -> tuple[list[float], float]:
     """Latencies (seconds) of consecutive runs after ``warmup_s`` of warm-up (at least one run), and the
-    wall-clock seconds the timed runs took."""
+    wall-clock seconds the timed runs took. ``timed(True)`` / ``timed(False)`` are called around the timed runs
+    (a profiler counts only those)."""
     end = time.perf_counter() + warmup_s
     runner.run(feeds)
     while time.perf_counter() < end:
         runner.run(feeds)
+    if timed is not None:
+        timed(True)
+    try:
+        return _timed_loop(runner, feeds, iterations, duration_s, min_iterations)
+    finally:
+        if timed is not None:
+            timed(False)
+
+
+def _timed_loop(
+    runner: Runner,
+    feeds: Mapping[str, np.ndarray],
+    iterations: int | None,
+    duration_s: float | None,
+    min_iterations: int,
+) -> tuple[list[float], float]:
     latencies: list[float] = []
     start = time.perf_counter()
     while True:

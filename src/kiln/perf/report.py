@@ -12,6 +12,7 @@ from rich.table import Table
 
 from kiln.errors import MissingDependencyError
 from kiln.perf.bench import BenchResult, host
+from kiln.perf.profile import Profile
 
 _ROWS = [
     ("min", "min_ms", "ms"),
@@ -103,3 +104,73 @@ def write_histogram(results: Sequence[BenchResult], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def print_profiles(results: Sequence[BenchResult], top: int = 15, console: Console | None = None) -> None:
+    """The slowest ``top`` nodes of each profiled result, then time per op type (side by side with two)."""
+    console = console or Console(highlight=False)
+    profiles = [r.profile for r in results if r.profile is not None]
+    for i, profile in enumerate(profiles):
+        key = f"{'AB'[i]}: " if len(profiles) == 2 else ""
+        table = Table(
+            title=f"{key}{escape(profile.label)} - slowest nodes ({profile.backend}, {profile.runs} timed runs, "
+            f"{profile.per_run_ms(profile.total_us):.3f} ms of node time per run)",
+            title_justify="left",
+        )
+        for column in ("#", "node", "op type", "kernel", "ms / run", "share"):
+            table.add_column(column, justify="right" if column in ("#", "ms / run", "share") else "left")
+        for rank, node in enumerate(profile.top(top), 1):
+            table.add_row(
+                str(rank), escape(node.name), node.op_type, escape(node.kernel),
+                f"{profile.per_run_ms(node.total_us):.3f}", f"{profile.share(node.total_us):.1f} %",
+            )  # fmt: skip
+        console.print(table)
+    if profiles:
+        console.print(op_type_table(profiles))
+
+
+def op_type_table(profiles: Sequence[Profile]) -> Table:
+    """Time per op type for one profile; for two, per op family side by side with B / A (``Conv`` against
+    ``QLinearConv`` or OpenVINO's ``Convolution``: what quantisation, fusion or the runtime changed)."""
+    two = len(profiles) == 2
+    table = Table(
+        title="time per op family (A / B op types)" if two else "time per op type", title_justify="left"
+    )
+    table.add_column("op family" if two else "op type")
+    for i in range(len(profiles)):
+        key = f"{'AB'[i]} " if two else ""
+        table.add_column(f"{key}op types" if two else "nodes", justify="left" if two else "right")
+        table.add_column(f"{key}ms / run", justify="right")
+        table.add_column(f"{key}share", justify="right")
+    if two:
+        table.add_column("B / A", justify="right")
+    per_type = [p.by_op_type(family=two) for p in profiles]
+    for op in dict.fromkeys(op for ops in per_type for op in ops):
+        cells = []
+        for profile, ops in zip(profiles, per_type, strict=True):
+            us, count = ops.get(op, (0.0, 0))
+            members = (
+                ", ".join(f"{t} x{n}" for t, n in profile.op_types_of(op).items()) if two else str(count)
+            )
+            shown = [members, f"{profile.per_run_ms(us):.3f}", f"{profile.share(us):.1f} %"]
+            cells += shown if count else ["-", "-", "-"]
+        if two:
+            a, b = (
+                ops.get(op, (0.0, 0))[0] / max(1, p.runs) for p, ops in zip(profiles, per_type, strict=True)
+            )
+            cells.append(f"{b / a:.2f}x" if a and b else "-")
+        table.add_row(escape(op), *cells)
+    totals = []
+    for profile in profiles:
+        totals += [f"{len(profile.nodes)} nodes", f"{profile.per_run_ms(profile.total_us):.3f}", "100.0 %"]
+    if two:
+        a, b = (p.total_us / max(1, p.runs) for p in profiles)
+        totals.append(f"{b / a:.2f}x" if a else "-")
+    table.add_row("total", *totals, style="bold")
+    return table
+
+
+def write_profile_json(results: Sequence[BenchResult], path: Path) -> None:
+    """``--export-profile``: every profiled node and op type of each result, with the host."""
+    doc = {"host": host(), "profiles": [r.profile.to_dict() for r in results if r.profile is not None]}
+    path.write_text(json.dumps(doc, indent=2) + "\n")

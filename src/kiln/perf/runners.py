@@ -110,13 +110,15 @@ def open_model(
     model: Path | bytes,
     config: model_config_pb2.ModelConfig | None = None,
     name: str = "",
+    klass: type[Backend] | None = None,
 ) -> Runner:
     """Load ``model`` (a file, or ONNX bytes for the ONNX Runtime backend) with ``config`` (default: a minimal
     one) as ``kiln serve`` loads a model's first instance: same backend class, same context and thread
-    defaults (cores / CPU instances of the config's instance groups)."""
+    defaults (cores / CPU instances of the config's instance groups). ``klass`` replaces the backend class
+    (a subclass of it: the profiling backends)."""
     from kiln.model.instances import instance_contexts
 
-    klass = backend_class(backend)
+    klass = klass or backend_class(backend)
     config = config if config is not None else model_config(backend)
     if not config.instance_group:
         config = _copy(config)
@@ -176,13 +178,15 @@ def resolve(target: Path) -> Artifact:
     return Artifact(path, backend, config)
 
 
-def open_runner(artifact: Artifact, threads: int | None = None, name: str = "") -> Runner:
+def open_runner(
+    artifact: Artifact, threads: int | None = None, name: str = "", klass: type[Backend] | None = None
+) -> Runner:
     """Load a resolved artifact; ``threads`` overrides the config's ``intra_op_thread_count``."""
     config = artifact.config
     if threads:
         config = _copy(config)
         config.parameters[backend_class(artifact.backend).threads_parameter].string_value = str(threads)
-    return open_model(artifact.backend, artifact.path, config, name or artifact.path.name)
+    return open_model(artifact.backend, artifact.path, config, name or artifact.path.name, klass)
 
 
 def _copy(config: model_config_pb2.ModelConfig) -> model_config_pb2.ModelConfig:
