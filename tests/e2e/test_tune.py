@@ -98,3 +98,41 @@ def test_bad_arguments_are_clear(model_dir: Path, capsys: pytest.CaptureFixture[
     assert "--preferred" in capsys.readouterr().err
     assert main(["tune", str(model_dir.parent / "nope"), "--latency-budget-ms", "10"]) == 1
     assert "not a model folder" in capsys.readouterr().err
+
+
+def test_sigterm_stops_the_server_tune_started(model_dir: Path, tmp_path: Path) -> None:
+    """kiln tune killed with SIGTERM takes its kiln serve down with it (no orphan left listening)."""
+    import signal
+    import subprocess
+    import sys
+
+    from servers import wait_until
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kiln", "tune", str(model_dir), "--latency-budget-ms", "50", "--max-minutes", "1",
+         "--output-dir", str(tmp_path / "out"), *SMALL],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+
+    def children() -> list[int]:
+        path = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+        return [int(p) for p in path.read_text().split()] if path.exists() else []
+
+    try:
+        wait_until(lambda: children(), timeout=30, what="kiln tune to start its kiln serve")
+        serve = children()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) != 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    for pid in serve:
+        wait_until(lambda pid=pid: not Path(f"/proc/{pid}").exists() or "zombie" in _state(pid), timeout=15,
+                   what=f"kiln serve {pid} to exit")  # fmt: skip
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split("\n")[0].lower()
+    except (OSError, IndexError):
+        return "gone"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -124,6 +125,10 @@ def _reporter(console: Any, progress: Any, task: Any, started: float) -> Callabl
     return report
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.markup import escape
@@ -134,6 +139,8 @@ def run(args: argparse.Namespace) -> int:
     from kiln.perf.tune.report import config_diff, summary
 
     err = Console(stderr=True, highlight=False)
+    # SIGTERM unwinds like Ctrl-C, so the kiln serve the search started is stopped on the way out
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         options = options_from_args(args)
         started = time.monotonic()

@@ -55,13 +55,20 @@ class TuneServer:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "wb")  # closed in stop()
         self._proc = subprocess.Popen(self.args, stdout=self._log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout_s
+        try:
+            self._wait_live(self._proc, time.monotonic() + timeout_s, timeout_s)
+        except BaseException:  # not up (or interrupted while starting): never leave it running
+            self.stop()
+            raise
+        return self
+
+    def _wait_live(self, proc: subprocess.Popen[bytes], deadline: float, timeout_s: float) -> None:
         while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise UnavailableError(f"kiln serve exited with {self._proc.returncode}: {self.log_tail()}")
+            if proc.poll() is not None:
+                raise UnavailableError(f"kiln serve exited with {proc.returncode}: {self.log_tail()}")
             try:
                 self._request("GET", "/v2/health/live", timeout=1.0)
-                return self
+                return
             except (OSError, KilnError):
                 time.sleep(0.1)
         raise UnavailableError(f"kiln serve did not come up within {timeout_s:.0f} s: {self.log_tail()}")
