@@ -14,6 +14,8 @@ the first batch came back (for Ray: the actors' start and model load). Variants 
 the ratios are medians over rounds. Ray runs on a head node started here (127.0.0.1, dashboard off); the
 two-node run adds a worker node, one ``kiln_slot`` per node so that each node gets one actor.
 
+Runs itself in a loopback-only network namespace when it can (root): see loopback_namespace().
+
 Usage: .venv/bin/python bench/batch.py [--rows 2000] [--rounds 3] [--models resnet18,efficientnet]
        [--markdown-out /tmp/bench_batch.md]
 """
@@ -212,7 +214,29 @@ def two_node_rows(name: str, repo: Path, images: Path, work: Path, address: str)
     ]  # type: ignore[attr-defined]
 
 
+def loopback_namespace() -> None:
+    """Re-run this script inside a network namespace with only loopback up (and a PID namespace): Ray 2.60 turns
+    --node-ip-address 127.0.0.1 into the machine's outward address and listens on every interface, so the
+    benchmark's clusters get a namespace where 127.0.0.1 is the only address (and `ray stop` stops only them)."""
+    if os.environ.get("KILN_BENCH_NAMESPACE") or os.geteuid() != 0:
+        return
+    inner = " ".join(f"'{a}'" for a in [sys.executable, *sys.argv])
+    env = {**os.environ, "KILN_BENCH_NAMESPACE": "1"}
+    command = [
+        "unshare",
+        "--net",
+        "--pid",
+        "--fork",
+        "--mount-proc",
+        "bash",
+        "-c",
+        f"ip link set lo up && {inner}",
+    ]
+    sys.exit(subprocess.run(command, env=env, check=False).returncode)
+
+
 def main() -> int:
+    loopback_namespace()
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
