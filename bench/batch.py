@@ -98,7 +98,7 @@ def run_raw(model: Path, paths: list[Path], preprocessing: str) -> tuple[float, 
     """(seconds, seconds to the first batch) of decode + pre-processing + ONNX Runtime over ``paths``."""
     import onnxruntime as ort
 
-    from kiln.builder.data import _load_image
+    from kiln.builder.data import load_image
     from kiln.builder.options import Preprocessing
     from kiln.perf.inputs import InputSpec
 
@@ -108,7 +108,7 @@ def run_raw(model: Path, paths: list[Path], preprocessing: str) -> tuple[float, 
     scaling = Preprocessing(preprocessing)
 
     def read(path: Path) -> np.ndarray:
-        return _load_image(path, spec, scaling)[name]
+        return load_image(path, spec, scaling)[name]
 
     started = time.perf_counter()
     first = 0.0

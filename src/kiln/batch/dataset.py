@@ -261,10 +261,10 @@ class ImageDataset(Dataset):
         return self.paths[index].relative_to(self._root).as_posix()
 
     def read(self, index: int) -> Row:
-        from kiln.builder.data import _load_image
+        from kiln.builder.data import load_image
 
         try:  # kiln build's own image reading and scaling: a sample {input: [1, ...]}
-            sample = _load_image(self.paths[index], self._spec, self.preprocessing)
+            sample = load_image(self.paths[index], self._spec, self.preprocessing)
         except Exception as e:
             raise RowError(f"cannot decode image: {e}") from None
         return {self.name: sample[self.name][0]}

@@ -179,7 +179,7 @@ def load_dataset(
                 "on wrong inputs without any error)"
             )
         _check_image_input(inputs)
-        dataset = Dataset([functools.partial(_load_image, p, inputs, preprocessing) for p in images])
+        dataset = Dataset([functools.partial(load_image, p, inputs, preprocessing) for p in images])
     else:
         raise InvalidArgumentError(f"{folder} holds no .npy, .npz or image files")
     labels = read_labels(labels_file) if labels_file is not None else _folder_labels(folder)
@@ -319,7 +319,9 @@ def _check_image_input(inputs: Sequence[InputSpec]) -> None:
         raise InvalidArgumentError(f"input '{spec.name}' has a dynamic image size; give --shapes to fix it")
 
 
-def _load_image(path: Path, inputs: Sequence[InputSpec], preprocessing: Preprocessing) -> Sample:
+def load_image(path: Path, inputs: Sequence[InputSpec], preprocessing: Preprocessing) -> Sample:
+    """One image file as the model's input sample: decoded, resized to the input's H x W, laid out NCHW or NHWC
+    and scaled by ``preprocessing`` (what kiln build's calibration and kiln batch both use)."""
     try:
         from PIL import Image
     except ImportError:
