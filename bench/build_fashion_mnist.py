@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from kiln.builder import BuildOptions, CalibrationMethod, CalibrationOptions, Precision, Target, build
+from kiln.builder.cpu import int8_dot
 from kiln.perf.bench import host
 
 DATA = Path("/usr/share/datasets/fashion-mnist")
@@ -115,24 +116,36 @@ def main() -> int:
     pick = np.random.default_rng(1).choice(len(x_train), args.calibration, replace=False)
     np.save(out / "cal" / "image.npy", x_train[pick])
     np.savez(out / "test" / "test.npz", image=x_test, labels=y_test)
+    ort, ov, int8 = Target.ONNXRUNTIME, Target.OPENVINO, Precision.INT8
+    # (label, target, precision, calibration method, reduce_range: None = the default for this CPU)
     runs = [
-        ("onnxruntime fp32", Target.ONNXRUNTIME, Precision.FP32, None),
-        ("onnxruntime fp16", Target.ONNXRUNTIME, Precision.FP16, None),
-        ("onnxruntime int8 (entropy)", Target.ONNXRUNTIME, Precision.INT8, CalibrationMethod.ENTROPY),
-        ("onnxruntime int8 (minmax)", Target.ONNXRUNTIME, Precision.INT8, CalibrationMethod.MINMAX),
-        ("onnxruntime int8 (percentile)", Target.ONNXRUNTIME, Precision.INT8, CalibrationMethod.PERCENTILE),
-        ("openvino fp32", Target.OPENVINO, Precision.FP32, None),
-        ("openvino int8 (nncf)", Target.OPENVINO, Precision.INT8, None),
+        ("onnxruntime fp32", ort, Precision.FP32, None, None),
+        ("onnxruntime fp16", ort, Precision.FP16, None, None),
+        ("onnxruntime int8 (defaults: minmax)", ort, int8, None, None),
+        ("onnxruntime int8 (entropy)", ort, int8, CalibrationMethod.ENTROPY, None),
+        ("onnxruntime int8 (percentile)", ort, int8, CalibrationMethod.PERCENTILE, None),
+        (
+            "onnxruntime int8 (minmax, 8-bit weights: --reduce-range off)",
+            ort,
+            int8,
+            CalibrationMethod.MINMAX,
+            False,
+        ),
+        ("openvino fp32", ov, Precision.FP32, None, None),
+        ("openvino int8 (nncf)", ov, int8, None, None),
     ]
     rows = []
-    for label, target, precision, method in runs:
+    for label, target, precision, method, reduce in runs:
+        folder = label.split(":")[0].replace(" ", "_").replace("(", "").replace(")", "").replace(",", "")
         result = build(
             BuildOptions(
                 source=source,
-                output=out / "repo" / label.replace(" ", "_").replace("(", "").replace(")", ""),
+                output=out / "repo" / folder,
                 precision=precision,
                 target=target,
-                calibration=CalibrationOptions(data=out / "cal", method=method, max_samples=args.calibration),
+                calibration=CalibrationOptions(
+                    data=out / "cal", method=method, max_samples=args.calibration, reduce_range=reduce
+                ),
                 validation_data=out / "test",
                 accept_accuracy_drop=True,
                 benchmark=False,
@@ -140,6 +153,8 @@ def main() -> int:
             )
         )
         acc = result.accuracy
+        stage = next((st for st in result.manifest["stages"] if st["name"].startswith("precision")), {})
+        details = stage.get("details", {})
         rows.append(
             {
                 "artifact": label,
@@ -151,11 +166,13 @@ def main() -> int:
                 "top1_agreement": acc.outputs[0].top1_agreement,
                 "gate_failures": acc.failures,
                 "samples": acc.samples,
+                "reduce_range": details.get("reduce_range"),
+                "kept_in_float": details.get("kept_in_float", 0),
             }
         )
         print(f"{label}: {acc.accuracy:.2f}% (fp32 {acc.reference_accuracy:.2f}%)", flush=True)
     doc = {
-        "host": host(),
+        "host": {**host(), "int8_dot": int8_dot().value},
         "command": " ".join(sys.argv),
         "epochs": args.epochs,
         "train_seconds": round(train_s, 1),

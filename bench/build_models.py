@@ -22,6 +22,7 @@ import contextlib
 import importlib
 import io
 import json
+import os
 import re
 import sys
 import time
@@ -32,13 +33,20 @@ from pathlib import Path
 import numpy as np
 
 from kiln.builder import BuildOptions, CalibrationOptions, Precision, ShapeProfile, Target, Tolerance, build
+from kiln.builder.cpu import int8_dot
 from kiln.perf import BenchOptions, bench
 from kiln.perf.bench import host
 
 ROOT = Path(__file__).resolve().parent
 CAL_SAMPLES = 128
-VAL_SAMPLES = 64
+# validation samples: at least the gate's minimum of 100, and 512 where a tight interval matters (EfficientNet's
+# top-1 agreement target of 0.99, MiniLM's cosine)
+VAL_SAMPLES = {"resnet18": 256, "efficientnet": 512, "minilm": 512}
+# the issue's top-1 agreement target for EfficientNet-Lite0 INT8 (the search aims at it too); the others use
+# the default gate
+TOP1 = {"efficientnet": 0.99}
 SEQ = 64
+SEARCH_BUDGET_S = 300.0  # the mixed-precision search bound (kiln build: 600 s), to keep the run under an hour
 
 
 # -- image data ----------------------------------------------------------------------------------------------
@@ -133,27 +141,22 @@ def resnet18(work: Path) -> tuple[Path, dict[str, np.ndarray], dict[str, np.ndar
     layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(512, 1000)]
     torch.manual_seed(0)
     net = nn.Sequential(*layers)
-    images = imagenet_scaling(photo_crops(CAL_SAMPLES + VAL_SAMPLES + 32, 224, seed=1))
+    val = VAL_SAMPLES["resnet18"]
+    images = imagenet_scaling(photo_crops(CAL_SAMPLES + val + 32, 224, seed=1))
     net.train()
     with torch.no_grad():  # BatchNorm running statistics from real images, as after training
         for i in range(0, 32, 8):
-            net(torch.from_numpy(images[CAL_SAMPLES + VAL_SAMPLES + i : CAL_SAMPLES + VAL_SAMPLES + i + 8]))
+            net(torch.from_numpy(images[CAL_SAMPLES + val + i : CAL_SAMPLES + val + i + 8]))
     net.eval()
     path = _export(net, work / "resnet18.onnx", {"input": (1, 3, 224, 224)}, ["logits"])
-    return (
-        path,
-        {"input": images[:CAL_SAMPLES]},
-        {"input": images[CAL_SAMPLES : CAL_SAMPLES + VAL_SAMPLES]},
-        "",
-    )
+    return path, {"input": images[:CAL_SAMPLES]}, {"input": images[CAL_SAMPLES : CAL_SAMPLES + val]}, ""
 
 
 def efficientnet(work: Path) -> tuple[Path, dict[str, np.ndarray], dict[str, np.ndarray], str]:
     from kiln.vision.zoo import export_classifier
 
     path = export_classifier(work / "efficientnet_lite0.onnx")
-    # 512 validation crops: the top-1 agreement target (0.99) needs a tight interval to mean anything
-    images = inception_scaling(photo_crops(CAL_SAMPLES + 512, 224, seed=2))
+    images = inception_scaling(photo_crops(CAL_SAMPLES + VAL_SAMPLES["efficientnet"], 224, seed=2))
     return path, {"input": images[:CAL_SAMPLES]}, {"input": images[CAL_SAMPLES:]}, ""
 
 
@@ -237,7 +240,7 @@ def minilm(work: Path) -> tuple[Path, dict[str, np.ndarray], dict[str, np.ndarra
     rng = np.random.default_rng(3)
     rng.shuffle(texts)  # type: ignore[arg-type]
     enc = tokenizer(
-        texts[: CAL_SAMPLES + VAL_SAMPLES],
+        texts[: CAL_SAMPLES + VAL_SAMPLES["minilm"]],
         padding="max_length",
         truncation=True,
         max_length=SEQ,
@@ -312,12 +315,40 @@ def peer_accuracy(source: Path, peer: Path, val: dict[str, np.ndarray]) -> dict[
     from kiln.builder.accuracy import compare
     from kiln.builder.data import Dataset
     from kiln.builder.report import Reporter
-    from kiln.perf.runners import OrtRunner
+    from kiln.perf.runners import open_model
 
     n = len(next(iter(val.values())))
-    data = Dataset([{k: v[i : i + 1] for k, v in val.items()} for i in range(n)])
-    report = compare(OrtRunner(source).run, OrtRunner(peer).run, data, 8, Reporter(progress=False))
-    return report.to_dict()
+    data = Dataset.from_samples([{k: v[i : i + 1] for k, v in val.items()} for i in range(n)])
+    ref, cand = open_model("onnxruntime", source), open_model("onnxruntime", peer)
+    try:
+        return compare(ref.run, cand.run, data, 8, Reporter(progress=False)).to_dict()
+    finally:
+        ref.close()
+        cand.close()
+
+
+def confidence_split(source: Path, artifact: Path, val: dict[str, np.ndarray]) -> dict[str, object]:
+    """Top-1 agreement on the samples where the FP32 model's top probability is above 0.5, and on the rest
+    (a probability output: EfficientNet-Lite0's Softmax)."""
+    from kiln.builder.stats import wilson
+    from kiln.perf.runners import open_model, open_runner, resolve
+
+    ref, cand = open_model("onnxruntime", source), open_runner(resolve(artifact))
+    try:
+        x = next(iter(val.values()))
+        name = next(iter(val))
+        pairs = [(ref.run({name: x[i : i + 8]}), cand.run({name: x[i : i + 8]})) for i in range(0, len(x), 8)]
+    finally:
+        ref.close()
+        cand.close()
+    p = np.concatenate([next(iter(r.values())) for r, _ in pairs])
+    q = np.concatenate([next(iter(c.values())) for _, c in pairs])
+    agree, sure = p.argmax(1) == q.argmax(1), p.max(1) > 0.5
+    out: dict[str, object] = {}
+    for key, mask in (("fp32_top_prob_above_0.5", sure), ("fp32_top_prob_at_most_0.5", ~sure)):
+        k, n = int(agree[mask].sum()), int(mask.sum())
+        out[key] = {"agree": k, "samples": n, "ci": wilson(k, n)}
+    return out
 
 
 def run_model(name: str, work: Path, duration: float) -> dict[str, object]:
@@ -333,7 +364,7 @@ def run_model(name: str, work: Path, duration: float) -> dict[str, object]:
     if name == "minilm":
         profile = ShapeProfile(opt={k: (1, SEQ) for k in cal}, max={k: (8, 128) for k in cal})
     repo = mwork / "repo"
-    builds = {}
+    builds: dict[str, dict[str, object]] = {}
     for target in (Target.ONNXRUNTIME, Target.OPENVINO):
         for precision in (Precision.FP32, Precision.INT8):
             key = f"kiln {target.value} {precision.value}"
@@ -344,11 +375,14 @@ def run_model(name: str, work: Path, duration: float) -> dict[str, object]:
                     output=repo / f"{target.value}_{precision.value}",
                     precision=precision,
                     target=target,
-                    calibration=CalibrationOptions(data=mwork / "cal", max_samples=CAL_SAMPLES),
+                    calibration=CalibrationOptions(
+                        data=mwork / "cal", max_samples=CAL_SAMPLES, search_budget_s=SEARCH_BUDGET_S
+                    ),
                     validation_data=mwork / "val",
                     profile=profile,
-                    # the issue's target for INT8: top-1 agreement >= 0.99 (the search aims at it too)
-                    tolerance=Tolerance.parse("top1=0.99", Tolerance.default_for(precision)),
+                    tolerance=Tolerance.parse(f"top1={TOP1[name]}", Tolerance.default_for(precision))
+                    if name in TOP1 and precision is Precision.INT8
+                    else None,
                     accept_accuracy_drop=True,  # the benchmark reports the figures either way
                     benchmark=False,
                     progress=False,
@@ -361,7 +395,11 @@ def run_model(name: str, work: Path, duration: float) -> dict[str, object]:
                 "accuracy": result.accuracy.to_dict(),
                 "kept_in_float": stage.get("details", {}).get("kept_in_float", 0),
                 "float_layers": stage.get("details", {}).get("float_layers", []),
+                "precision_stage": {k: v for k, v in stage.get("details", {}).items() if k != "search"},
+                "gate": result.manifest.get("gate"),
             }
+            if name == "efficientnet":
+                builds[key]["confidence_split"] = confidence_split(source, result.version_dir, val)
     peer = peer_quantize(source, cal, repo / "peer_quantize_static" / "1")
     builds["peer quantize_static defaults"] = {
         "path": str(peer.parent),
@@ -374,6 +412,7 @@ def run_model(name: str, work: Path, duration: float) -> dict[str, object]:
     }
     shapes = {k: (1, SEQ) for k in cal} if name == "minilm" else {}
     timings: dict[str, dict[str, object]] = {k: {} for k in artifacts}
+    load = {"before": os.getloadavg()[0]}
     for batch in (1, 8):
         results = bench(
             BenchOptions(
@@ -395,7 +434,15 @@ def run_model(name: str, work: Path, duration: float) -> dict[str, object]:
             }
             timings[key]["size_mb"] = r.size_mb
         print(f"[{name}] batch {batch} timed", flush=True)
-    return {"model": name, "source": str(source), "note": note, "builds": builds, "timings": timings}
+    load["after"] = os.getloadavg()[0]
+    return {
+        "model": name,
+        "source": str(source),
+        "note": note,
+        "builds": builds,
+        "timings": timings,
+        "load_average_1min": load,
+    }
 
 
 def markdown(doc: dict[str, object]) -> str:
@@ -414,20 +461,42 @@ def markdown(doc: dict[str, object]) -> str:
                 f"| {key} | {t['size_mb']:.1f} | {b1['throughput']:.1f} | {b1['p50_ms']:.2f} | {b1['p99_ms']:.2f} "
                 f"| {b8['throughput']:.1f} | {b8['p50_ms']:.2f} | {b8['p99_ms']:.2f} | {b8['throughput'] / base:.2f}x |"
             )
+        load = m.get("load_average_1min", {})
         lines += [
             "",
-            "| build | samples | cosine (mean / min) | top-1 agreement [95 % CI] | max abs err | in float | build s |",
-            "|---|---:|---:|---:|---:|---:|---:|",
+            f"Load average (1 min) before / after the timed runs: {load.get('before', 0):.2f} / "
+            f"{load.get('after', 0):.2f}.",
+            "",
+            "| build | samples | cosine (mean / min) | top-1 agreement [95 % CI] | max abs err | in float | gate "
+            "| build s |",
+            "|---|---:|---:|---:|---:|---:|---|---:|",
         ]
         for key, b in m["builds"].items():
             out = b["accuracy"]["outputs"][0]
             top1 = "-" if out["top1_agreement"] is None else f"{out['top1_agreement']:.3f}"
             ci = out.get("top1_agreement_ci")
             top1 += f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
+            top1 += " (embedding, not gated)" if out.get("embedding") else ""
+            gate = b.get("gate") or {}
+            verdict = "-" if not gate else ("passed" if gate.get("passed") else "failed")
             lines.append(
                 f"| {key} | {b['accuracy']['samples']} | {out['mean_cosine']:.5f} / {out['min_cosine']:.5f} | {top1} "
-                f"| {out['max_abs_error']:.3g} | {b.get('kept_in_float', '-')} | {b.get('build_s', '-')} |"
+                f"| {out['max_abs_error']:.3g} | {b.get('kept_in_float', '-')} | {verdict} | {b.get('build_s', '-')} |"
             )
+        splits = [(k, b["confidence_split"]) for k, b in m["builds"].items() if "confidence_split" in b]
+        if splits:
+            lines += [
+                "",
+                "| build | agreement where FP32 top prob > 0.5 [95 % CI] | agreement on the rest [95 % CI] |",
+                "|---|---:|---:|",
+            ]
+            for key, sp in splits:
+                cells = [
+                    f"{c['agree']}/{c['samples']} = {c['agree'] / max(c['samples'], 1):.3f} "
+                    f"[{c['ci'][0]:.3f}, {c['ci'][1]:.3f}]"
+                    for c in sp.values()
+                ]
+                lines.append(f"| {key} | {cells[0]} | {cells[1]} |")
         lines.append("")
     return "\n".join(lines)
 
@@ -445,7 +514,8 @@ def main() -> int:
     )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    doc: dict[str, object] = {"host": host(), "command": " ".join(sys.argv), "models": []}
+    machine = {**host(), "int8_dot": int8_dot().value}
+    doc: dict[str, object] = {"host": machine, "command": " ".join(sys.argv), "models": []}
     for name in args.models.split(","):
         doc["models"].append(run_model(name, args.out, args.duration))  # type: ignore[attr-defined]
         (args.out / "results.json").write_text(json.dumps(doc, indent=2) + "\n")

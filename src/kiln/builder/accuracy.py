@@ -35,6 +35,9 @@ class OutputMetrics:
     min_cosine: float
     top1_agreement: float | None  # for outputs shaped [batch, classes]
     top1_agreement_ci: tuple[float, float] | None = None  # 95 % Wilson interval
+    # FP32 rows of unit L2 norm (and not probabilities): an embedding, whose argmax means nothing, so its
+    # top-1 agreement is reported but not gated
+    embedding: bool = False
 
 
 @dataclass
@@ -63,6 +66,7 @@ class AccuracyReport:
             top1 = ""
             if m.top1_agreement is not None:
                 top1 = f", top-1 agreement {m.top1_agreement:.4f}" + _ci(m.top1_agreement_ci, 4)
+                top1 += " (embedding: not gated)" if m.embedding else ""
             parts.append(
                 f"{m.name}: cos {m.mean_cosine:.6f} (min {m.min_cosine:.6f}), max abs {m.max_abs_error:.3g}, "
                 f"rel {m.max_rel_error:.3g}{top1}"
@@ -89,6 +93,7 @@ class Accumulator:
         self._max_abs: dict[str, float] = {}
         self._max_ref: dict[str, float] = {}
         self._finite: dict[str, bool] = {}
+        self._unit_rows: dict[str, bool] = {}
         self.samples = 0
 
     def add(self, reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray]) -> None:
@@ -109,6 +114,7 @@ class Accumulator:
             self._cos.setdefault(name, []).append(_cosine(r, o) if finite else np.zeros(n))
             if ref.ndim == 2 and ref.shape[1] > 1:
                 self._top.setdefault(name, []).append((ref.argmax(axis=1), out.argmax(axis=1)))
+                self._unit_rows[name] = self._unit_rows.get(name, True) and _unit_rows(ref)
         self.samples += len(next(iter(reference.values()))) if reference else 0
 
     def classes(self, name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -150,7 +156,15 @@ class Accumulator:
             min_cosine=float(cos.min()) if finite else 0.0,
             top1_agreement=top1,
             top1_agreement_ci=ci,
+            embedding=self._unit_rows.get(name, False),
         )
+
+
+def _unit_rows(ref: np.ndarray) -> bool:
+    """Every row of unit L2 norm and not a probability vector (non-negative, summing to 1)."""
+    unit = bool(np.allclose(np.linalg.norm(ref, axis=1), 1.0, atol=1e-3))
+    probabilities = bool((ref >= 0).all() and np.allclose(ref.sum(axis=1), 1.0, atol=1e-3))
+    return unit and not probabilities
 
 
 def _percent(ci: tuple[float, float]) -> tuple[float, float]:
@@ -208,6 +222,7 @@ def _output_failures(m: OutputMetrics, tolerance: Tolerance) -> list[str]:
     if (
         tolerance.min_top1_agreement is not None
         and m.top1_agreement is not None
+        and not m.embedding
         and m.top1_agreement < tolerance.min_top1_agreement
     ):
         failures.append(f"{m.name}: top-1 agreement {m.top1_agreement:.4f} < {tolerance.min_top1_agreement}")

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import onnx
 
+from kiln.builder.cpu import default_reduce_range, int8_dot
 from kiln.builder.data import Dataset, Sample
 from kiln.builder.options import CalibrationMethod, CalibrationOptions
 from kiln.builder.precision import default_method, extreme_range_nodes, is_transformer, matching_nodes
@@ -22,6 +23,10 @@ from kiln.builder.report import Reporter, StageRecord
 from kiln.errors import InvalidArgumentError
 
 CALIBRATION_BATCH = 8
+# Never quantised unless asked for by --quantize-op-types: a Softmax output in 8 bits has 256 levels, so close
+# probabilities become equal and the top class of an unsure prediction turns into a tie (ONNX Runtime would
+# otherwise quantise it, with the fixed range 0..1).
+FLOAT_OP_TYPES = frozenset({"Softmax"})
 
 
 class OrtQuantizer:
@@ -48,6 +53,9 @@ class OrtQuantizer:
         self.extreme = extreme_range_nodes(model, calibration.take(2))
         self.base_excluded = sorted(set(user_kept) | set(self.extreme))
         self.op_types = self._op_types(record)
+        self.dot = int8_dot()
+        reduce = options.reduce_range
+        self.reduce_range = default_reduce_range(self.dot) if reduce is None else reduce
         # ORT's histogram calibrators stack per-batch outputs, so every batch must have the same size: full
         # batches only (a remainder smaller than a batch is left out), or batches of one for small sets.
         self.batch = CALIBRATION_BATCH if batchable and len(calibration) >= CALIBRATION_BATCH else 1
@@ -59,29 +67,35 @@ class OrtQuantizer:
         record.details["op_types"] = (
             "MatMul,Gemm (transformer)"
             if self.transformer and not options.op_types
-            else (",".join(self.op_types) if self.op_types else "all")
+            else (
+                ",".join(self.op_types) if options.op_types else "all but " + ",".join(sorted(FLOAT_OP_TYPES))
+            )
         )
         record.details["calibration_samples"] = self.calibrated_samples
         record.details["per_channel"] = options.per_channel
+        record.details["reduce_range"] = self.reduce_range
+        record.details["cpu_int8_dot"] = self.dot.value
         if self.extreme:
             record.details["auto_kept_fp32"] = self.extreme
 
-    def _op_types(self, record: StageRecord) -> list[str] | None:
-        op_types: list[str] | None = list(self.options.op_types) or None
-        if op_types is None and self.transformer:
+    def _op_types(self, record: StageRecord) -> list[str]:
+        if self.options.op_types:
+            return list(self.options.op_types)
+        if self.transformer:
             # Transformers: INT8 MatMul/Gemm (the work), float elsewhere: their LayerNorm/residual activations
             # have outliers that one 8-bit scale per tensor cannot hold.
-            op_types = ["MatMul", "Gemm"]
-        if self.extreme and op_types is None:
-            # ORT calibrates every tensor of the op types it quantizes, excluded nodes included: leave those op
-            # types out altogether (for a transformer: the mask Add/Where and Softmax; MatMul stays INT8).
-            from onnxruntime.quantization.registry import QDQRegistry
+            return ["MatMul", "Gemm"]
+        from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 
+        skipped = set(FLOAT_OP_TYPES)
+        if self.extreme:
+            # ORT calibrates every tensor of the op types it quantizes, excluded nodes included: leave those op
+            # types out altogether (the mask Add/Where of a transformer-like graph, say).
             extreme = set(self.extreme)
             extreme_types = {n.op_type for n in self.model.graph.node if n.name in extreme}
-            op_types = sorted(t for t in QDQRegistry if t not in extreme_types)
+            skipped |= extreme_types
             record.details["unquantised_op_types"] = sorted(extreme_types)
-        return op_types
+        return sorted((set(QDQRegistry) | set(QLinearOpsRegistry)) - skipped)
 
     def _reader(self):  # type: ignore[no-untyped-def]
         from onnxruntime.quantization import CalibrationDataReader
@@ -129,6 +143,7 @@ class OrtQuantizer:
                     None if self._cache.is_file() else self._reader(),
                     quant_format=QuantFormat.QDQ,
                     per_channel=self.options.per_channel,
+                    reduce_range=self.reduce_range,
                     # U8 activations x S8 weights: the VNNI/AVX-512 integer kernels' native form on x86
                     activation_type=QuantType.QUInt8,
                     weight_type=QuantType.QInt8,
@@ -149,9 +164,9 @@ class OrtQuantizer:
 
     def layers(self, quantized: onnx.ModelProto) -> list[str]:
         """The nodes of ``quantized`` that run in INT8 and are of the op types quantised (the search's layers)."""
-        types = set(self.op_types) if self.op_types else None
+        types = set(self.op_types)
         kinds = {n.name: n.op_type for n in quantized.graph.node}
-        return [n for n in quantized_nodes(quantized) if types is None or kinds[n] in types]
+        return [n for n in quantized_nodes(quantized) if kinds[n] in types]
 
     def close(self) -> None:
         self._tmp.cleanup()

@@ -50,8 +50,7 @@ def record_search(record: StageRecord, result: SearchResult | None, note: str = 
     record.details["search"] = result.to_dict()
     if result.kept:
         record.details["float_layers"] = [
-            f"{k.name} ({k.op_type}, added noise {k.added_noise:.3g}, SQNR {k.sqnr_db:.1f} dB)"
-            for k in result.kept
+            f"{k.name} ({k.op_type}, noise {k.noise:.3g}, SQNR {k.sqnr_db:.1f} dB)" for k in result.kept
         ]
 
 
@@ -125,10 +124,8 @@ def _ort_search(
     ranking = rank_layers(model, full, quantizer.layers(full), calibration.take(RANK_SAMPLES))
     result = run_search(ranking, evaluate, options, reporter)
     record_search(record, result)
-    if result.passed:
-        return models[tuple(k.name for k in result.kept)], len(result.kept)
-    most = max(models, key=len)  # none passed: the most faithful one tried, for the gate to report on
-    return models[most], len(most)
+    # none passed: the most faithful mix tried, for the gate to report on
+    return models[tuple(k.name for k in result.kept)], len(result.kept)
 
 
 def _ort_runner(model: onnx.ModelProto) -> RunFn:
@@ -149,11 +146,12 @@ def proxy_ranking(
     model: onnx.ModelProto, calibration: Dataset, options: BuildOptions, batchable: bool, reporter: Reporter
 ) -> list[LayerSensitivity]:
     """Layer sensitivity measured on an ONNX Runtime QDQ model (min-max ranges: quick) for targets whose
-    quantiser cannot show its intermediate tensors (OpenVINO): the layers are the same ONNX nodes."""
-    calib = dataclasses.replace(options.calibration, method=CalibrationMethod.MINMAX)
+    quantiser cannot show its intermediate tensors (OpenVINO): the layers are the same ONNX nodes, measured in
+    float QDQ arithmetic (ONNX Runtime's integer kernels are not the target's)."""
+    calib = dataclasses.replace(options.calibration, method=CalibrationMethod.MINMAX, reduce_range=False)
     quantizer = OrtQuantizer(model, calibration, calib, batchable, reporter, StageRecord("proxy"))
     try:
         full = quantizer.quantize()
-        return rank_layers(model, full, quantizer.layers(full), calibration.take(RANK_SAMPLES))
+        return rank_layers(model, full, quantizer.layers(full), calibration.take(RANK_SAMPLES), kernels=False)
     finally:
         quantizer.close()

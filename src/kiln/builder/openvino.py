@@ -107,8 +107,7 @@ def _search(  # type: ignore[no-untyped-def]
     ranking = proxy_ranking(model, calibration, options, batchable, reporter)
     result = run_search(ranking, evaluate, options, reporter)
     record_search(record, result)
-    key = tuple(k.name for k in result.kept) if result.passed else max(models, key=len)
-    return models[key]
+    return models[tuple(k.name for k in result.kept)]  # if none passed, the most faithful mix tried
 
 
 def _ov_runner(ov_model) -> RunFn:  # type: ignore[no-untyped-def]

@@ -136,6 +136,9 @@ class CalibrationOptions:
     max_samples: int = 256
     holdout_fraction: float = 0.2  # kept aside as validation data when no --validation-data is given
     per_channel: bool = True
+    reduce_range: bool | None = (
+        None  # 7-bit weights; None: when the CPU's U8S8 kernels saturate (kiln.builder.cpu)
+    )
     percentile: float = 99.999
     keep_fp32: tuple[str, ...] = ()  # node names (or op types) left in float
     op_types: tuple[str, ...] = ()  # op types to quantise; () = the default for the model (see int8_ort)

@@ -58,8 +58,10 @@ def is_transformer(model: onnx.ModelProto) -> bool:
 
 
 def default_method(model: onnx.ModelProto) -> CalibrationMethod:
-    """Entropy for CNNs (TensorRT's default); percentile for transformers, whose activations have outliers."""
-    return CalibrationMethod.PERCENTILE if is_transformer(model) else CalibrationMethod.ENTROPY
+    """Min-max for CNNs; percentile for transformers, whose activations have outliers. (ONNX Runtime's entropy
+    calibrator, TensorRT's default, histograms into 128 bins and searches 128 quantised bins: its threshold is
+    always the whole range, i.e. min-max, computed more slowly; measured identical on three models.)"""
+    return CalibrationMethod.PERCENTILE if is_transformer(model) else CalibrationMethod.MINMAX
 
 
 def extreme_range_nodes(model: onnx.ModelProto, samples: list[Sample]) -> list[str]:

@@ -1,9 +1,10 @@
 """Mixed precision by sensitivity: which quantised layers hurt the output most, and the fewest to keep in float.
 
-1. Ranking, one pass: the FP32 model and the fully quantised QDQ model run on a few calibration samples with
-   every intermediate tensor as an output. A layer's sensitivity is the relative noise it adds: the noise power
-   of its output (QDQ vs FP32, over the FP32 signal power) minus the largest of its inputs', i.e. what
-   quantising that layer's inputs and weights contributed, not the noise it inherited.
+1. Ranking, one pass: the FP32 model runs on a few calibration samples with every layer's input and output
+   tensors as outputs; each quantised layer, cut out of the QDQ model with its own input and output
+   quantisation, runs alone on those FP32 inputs through ONNX Runtime's integer kernels. A layer's sensitivity
+   is the relative noise power of its output against the FP32 one: what quantising that layer contributes,
+   measured on the arithmetic the artifact will run, not the noise it inherits from the layers before it.
 2. Search: the most sensitive layers are kept in float, k = 1, 2, 4 ... until the candidate passes the gate
    on the search samples, then bisection down to the fewest that pass; bounded by a number of evaluations
    and a time budget. Each evaluation re-quantises with the calibration already computed.
@@ -32,14 +33,14 @@ DEFAULT_BUDGET_S = 600.0
 class LayerSensitivity:
     name: str
     op_type: str
-    added_noise: float  # relative noise power this layer's quantisation adds (0.01 = SQNR 20 dB)
+    noise: float  # relative noise power this layer's quantisation adds on its own (0.01 = SQNR 20 dB)
 
     def to_dict(self) -> dict[str, object]:
-        return {**asdict(self), "added_noise": round(self.added_noise, 6), "sqnr_db": round(self.sqnr_db, 2)}
+        return {**asdict(self), "noise": round(self.noise, 6), "sqnr_db": round(self.sqnr_db, 2)}
 
     @property
     def sqnr_db(self) -> float:
-        return float(10 * np.log10(1.0 / self.added_noise)) if self.added_noise > 0 else float("inf")
+        return float(10 * np.log10(1.0 / self.noise)) if self.noise > 0 else float("inf")
 
 
 @dataclass
@@ -52,7 +53,7 @@ class Evaluation:
 
 @dataclass
 class SearchResult:
-    kept: list[LayerSensitivity]
+    kept: list[LayerSensitivity]  # in float in the chosen mix (the most faithful one tried if none passed)
     passed: bool
     ranked: int
     evaluations: list[Evaluation] = field(default_factory=list)
@@ -71,87 +72,163 @@ class SearchResult:
 
 
 def rank_layers(
-    fp32: onnx.ModelProto, qdq: onnx.ModelProto, layers: Sequence[str], samples: Sequence[Sample]
-) -> list[LayerSensitivity]:
-    """``layers`` (node names quantised in ``qdq``), most sensitive first. A layer's input noise is taken
-    before its input's QuantizeLinear (the float tensor it would read if kept in float), its output noise
-    after it ran on quantised inputs and weights."""
-    floats = _float_tensors(fp32)
-    producers = {o: n for n in qdq.graph.node for o in n.output}
-    wanted = [n for n in qdq.graph.node if n.name in set(layers)]
-    sources: dict[str, list[str]] = {}
-    for node in wanted:
-        sources[node.name] = [s for s in (_float_source(t, producers) for t in node.input) if s in floats]
-    outputs = {node.name: [t for t in node.output if t in floats] for node in wanted}
-    tensors = sorted({t for v in (*sources.values(), *outputs.values()) for t in v})
-    noise = _noise(fp32, qdq, tensors, floats, samples)
-    ranked = []
-    for node in wanted:
-        outs = [noise[t] for t in outputs[node.name] if t in noise]
-        ins = [noise[t] for t in sources[node.name] if t in noise]
-        if outs:
-            added = max(outs) - (max(ins) if ins else 0.0)
-            ranked.append(LayerSensitivity(node.name, node.op_type, max(0.0, added)))
-    return sorted(ranked, key=lambda s: s.added_noise, reverse=True)
-
-
-def _float_source(tensor: str, producers: dict[str, onnx.NodeProto]) -> str:
-    """The float tensor behind ``tensor``: through DequantizeLinear(QuantizeLinear(x)) to x."""
-    dq = producers.get(tensor)
-    if dq is None or dq.op_type != "DequantizeLinear":
-        return tensor
-    q = producers.get(dq.input[0])
-    if q is None or q.op_type != "QuantizeLinear":
-        return ""  # a quantised weight: not an activation
-    return q.input[0]
-
-
-def _float_tensors(model: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
-    inferred = onnx.shape_inference.infer_shapes(model)
-    infos = [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]
-    return {vi.name: vi for vi in infos if vi.type.tensor_type.elem_type == onnx.TensorProto.FLOAT}
-
-
-def _noise(
     fp32: onnx.ModelProto,
     qdq: onnx.ModelProto,
-    tensors: list[str],
-    floats: dict[str, onnx.ValueInfoProto],
+    layers: Sequence[str],
     samples: Sequence[Sample],
-) -> dict[str, float]:
-    """Relative noise power of each tensor, QDQ against FP32, over ``samples``."""
-    ref_session = _probe(fp32, tensors, floats)
-    available = {o.name for o in ref_session.get_outputs()}
-    q_session = _probe(qdq, [t for t in tensors if t in available], floats)
-    names = [o.name for o in q_session.get_outputs()]
-    err = dict.fromkeys(names, 0.0)
-    power = dict.fromkeys(names, 0.0)
+    kernels: bool = True,
+) -> list[LayerSensitivity]:
+    """``layers`` (node names quantised in ``qdq``), most sensitive first. Each layer is measured alone: its
+    quantised form (input QuantizeLinear/DequantizeLinear, INT8 weights, output quantisation) runs on the FP32
+    model's own input tensors and is compared with the FP32 model's output tensor, so its figure is the noise
+    it adds, not the noise it inherits. With ``kernels`` the layer runs through ONNX Runtime's optimisations,
+    i.e. the integer kernels the artifact will use (the x86 U8S8 kernels' int16 saturation included); without,
+    the QDQ arithmetic in float (a proxy for another runtime)."""
+    fp_tensors = {o for n in fp32.graph.node for o in n.output} | {i.name for i in fp32.graph.input}
+    graph = _Graph(qdq)
+    probes = [p for p in (graph.layer(name, fp_tensors) for name in layers) if p is not None]
+    if not probes:
+        return []
+    types = _elem_types(fp32)
+    sessions = [_session(graph.extract(p, types), optimise=kernels) for p in probes]
+    graph_inputs = {i.name for i in fp32.graph.input}
+    needed = sorted({t for p in probes for t in (*p.inputs, p.reference)} - graph_inputs)
+    reference = _session(_with_outputs(fp32, needed), optimise=False)
+    err = [0.0] * len(probes)
+    power = [0.0] * len(probes)
     for start in range(0, len(samples), RANK_BATCH):
         chunk = samples[start : start + RANK_BATCH]
         feeds = {k: np.concatenate([s[k] for s in chunk]) for k in chunk[0]}
-        ref = dict(zip(names, ref_session.run(names, feeds), strict=True))
-        got = dict(zip(names, q_session.run(names, feeds), strict=True))
-        for name in names:
-            r = np.asarray(ref[name], dtype=np.float64)
-            err[name] += float(np.square(np.asarray(got[name], dtype=np.float64) - r).sum())
-            power[name] += float(np.square(r).sum())
-    return {n: err[n] / power[n] if power[n] > 0 else 0.0 for n in names}
+        values = dict(zip(needed, reference.run(needed, feeds), strict=True)) | feeds
+        for i, (probe, session) in enumerate(zip(probes, sessions, strict=True)):
+            (out,) = session.run(None, {t: values[t] for t in probe.inputs})
+            ref = np.asarray(values[probe.reference], dtype=np.float64)
+            err[i] += float(np.square(np.asarray(out, dtype=np.float64) - ref).sum())
+            power[i] += float(np.square(ref).sum())
+    ranked = [
+        LayerSensitivity(p.node.name, p.node.op_type, e / w if w > 0 else 0.0)
+        for p, e, w in zip(probes, err, power, strict=True)
+    ]
+    return sorted(ranked, key=lambda s: s.noise, reverse=True)
 
 
-def _probe(model: onnx.ModelProto, tensors: list[str], floats: dict[str, onnx.ValueInfoProto]):  # type: ignore[no-untyped-def]
-    import onnxruntime as ort
+@dataclass
+class _Probe:
+    node: onnx.NodeProto
+    inputs: list[str]  # FP32 tensors the layer reads (through its input QuantizeLinear, or as they are)
+    output: str  # the layer's output in the QDQ graph (after its output DequantizeLinear, if quantised)
+    reference: str  # the FP32 tensor it stands for
 
+
+class _Graph:
+    """Producers, consumers and initialisers of a QDQ model, to cut one layer out of it."""
+
+    def __init__(self, model: onnx.ModelProto) -> None:
+        self.model = model
+        self.producer = {o: n for n in model.graph.node for o in n.output}
+        self.consumers: dict[str, list[onnx.NodeProto]] = {}
+        for node in model.graph.node:
+            for name in node.input:
+                self.consumers.setdefault(name, []).append(node)
+        self.initializers = {t.name: t for t in model.graph.initializer}
+        self.by_name = {n.name: n for n in model.graph.node}
+
+    def _op(self, tensor: str) -> str:
+        node = self.producer.get(tensor)
+        return node.op_type if node is not None else ""
+
+    def layer(self, name: str, fp_tensors: set[str]) -> _Probe | None:
+        node = self.by_name.get(name)
+        if node is None:
+            return None
+        inputs = []
+        for tensor in filter(None, node.input):
+            if tensor in self.initializers:
+                continue
+            if self._op(tensor) == "DequantizeLinear":
+                source = self.producer[tensor].input[0]
+                if source in self.initializers:
+                    continue  # an INT8 weight, part of the layer
+                if self._op(source) != "QuantizeLinear":
+                    return None
+                tensor = self.producer[source].input[0]
+            if tensor not in fp_tensors:
+                return None
+            inputs.append(tensor)
+        output = reference = node.output[0]
+        dequant = self._dequantized(output)
+        if dequant is not None:
+            output = dequant  # a removed Clip/Relu lives on in this quantisation's range
+            if reference not in fp_tensors:
+                reference = dequant  # a graph output: ORT renames the layer's own output
+        if reference not in fp_tensors or not inputs:
+            return None
+        return _Probe(node, sorted(set(inputs)), output, reference)
+
+    def _dequantized(self, tensor: str) -> str | None:
+        """The DequantizeLinear(QuantizeLinear(tensor)) output, if ``tensor`` is quantised."""
+        quant = next((c for c in self.consumers.get(tensor, []) if c.op_type == "QuantizeLinear"), None)
+        if quant is None:
+            return None
+        consumers = self.consumers.get(quant.output[0], [])
+        return next((c.output[0] for c in consumers if c.op_type == "DequantizeLinear"), None)
+
+    def extract(self, probe: _Probe, types: dict[str, int]) -> onnx.ModelProto:
+        """The nodes between ``probe.inputs`` and ``probe.output``, as a model of their own."""
+        h = onnx.helper
+        stop = set(probe.inputs)
+        seen: set[str] = set()
+        nodes: dict[int, onnx.NodeProto] = {}
+        used: set[str] = set()
+        stack = [probe.output]
+        while stack:
+            tensor = stack.pop()
+            if not tensor or tensor in stop or tensor in seen:
+                continue
+            seen.add(tensor)
+            if tensor in self.initializers:
+                used.add(tensor)
+                continue
+            node = self.producer[tensor]
+            nodes[id(node)] = node
+            stack.extend(node.input)
+        order = [n for n in self.model.graph.node if id(n) in nodes]
+        graph = h.make_graph(
+            order,
+            "layer",
+            [h.make_tensor_value_info(t, types.get(t, onnx.TensorProto.FLOAT), None) for t in probe.inputs],
+            [h.make_tensor_value_info(probe.output, onnx.TensorProto.FLOAT, None)],
+            [self.initializers[t] for t in sorted(used)],
+        )
+        model = h.make_model(graph, opset_imports=self.model.opset_import)
+        model.ir_version = self.model.ir_version
+        return model
+
+
+def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
+    inferred = onnx.shape_inference.infer_shapes(model)
+    infos = [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]
+    return {vi.name: vi.type.tensor_type.elem_type for vi in infos if vi.type.tensor_type.elem_type}
+
+
+def _with_outputs(model: onnx.ModelProto, tensors: list[str]) -> onnx.ModelProto:
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
-    produced = {o for n in probe.graph.node for o in n.output}
     present = {o.name for o in probe.graph.output}
     for name in tensors:
-        if name in produced and name not in present:
-            probe.graph.output.append(floats[name])
+        if name not in present:
+            probe.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+    return probe
+
+
+def _session(model: onnx.ModelProto, optimise: bool):  # type: ignore[no-untyped-def]
+    import onnxruntime as ort
+
     opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    if not optimise:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     opts.log_severity_level = 3
-    return ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
 
 
 Evaluate = Callable[[list[str]], AccuracyReport]
@@ -205,5 +282,7 @@ def search(
             low, high = (low, mid) if run(mid) else (mid, high)
         result.stopped = result.stopped or (stop if high - low > 1 else "")
         result.kept, result.passed = list(ranking[:high]), True
+    elif outcomes:
+        result.kept = list(ranking[: max(outcomes)])  # none passed: the most faithful mix tried
     result.seconds = time.perf_counter() - started
     return result

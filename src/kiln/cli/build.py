@@ -38,13 +38,19 @@ def add_parser(sub: Any) -> None:
     cal.add_argument(
         "--per-tensor", action="store_true", help="per-tensor weight scales (default per-channel)"
     )
+    cal.add_argument(
+        "--reduce-range",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="ONNX Runtime INT8: 7-bit weights (auto: on when the CPU lacks VNNI, whose U8S8 kernels saturate)",
+    )
     cal.add_argument("--keep-fp32", nargs="+", default=[], metavar="NODE", help="node names or op types")
     cal.add_argument(
         "--quantize-op-types",
         nargs="+",
         default=[],
         metavar="OP",
-        help="op types to quantise (default: all; MatMul and Gemm for transformers)",
+        help="op types to quantise (default: all but Softmax; MatMul and Gemm for transformers)",
     )
     cal.add_argument(
         "--no-mixed-precision",
@@ -145,6 +151,7 @@ def options_from_args(args: argparse.Namespace) -> Any:
             preprocessing=Preprocessing(args.preprocessing) if args.preprocessing else None,
             max_samples=args.calibration_samples,
             per_channel=not args.per_tensor,
+            reduce_range={"auto": None, "on": True, "off": False}[args.reduce_range],
             percentile=args.percentile,
             keep_fp32=tuple(args.keep_fp32),
             op_types=tuple(args.quantize_op_types),
