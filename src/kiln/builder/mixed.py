@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import onnx
@@ -39,6 +40,25 @@ class SearchData:
         report = acc.report()
         gate(report, self.tolerance)
         return report
+
+
+def memoized_evaluator(
+    full: Any, quantize: Callable[[list[str]], Any], data: SearchData, runner: Callable[[Any], RunFn]
+) -> tuple[Callable[[list[str]], AccuracyReport], dict[tuple[str, ...], Any]]:
+    """The search's judge, for either target: the model quantised with ``keep`` in float (``full`` for none),
+    each mix quantised and evaluated on the search samples once; and the mixes made so far, by kept layers."""
+    models: dict[tuple[str, ...], Any] = {(): full}
+    reports: dict[tuple[str, ...], AccuracyReport] = {}
+
+    def evaluate(keep: list[str]) -> AccuracyReport:
+        key = tuple(keep)
+        if key not in reports:
+            if key not in models:
+                models[key] = quantize(keep)
+            reports[key] = data.evaluate(runner(models[key]))
+        return reports[key]
+
+    return evaluate, models
 
 
 def record_search(record: StageRecord, result: SearchResult | None, note: str = "") -> None:
@@ -106,17 +126,7 @@ def _ort_search(
 ) -> tuple[onnx.ModelProto, int]:
     tolerance = options.tolerance_for(Precision.INT8)
     data = SearchData(reference, calibration, options.calibration.search_samples, tolerance)
-    models: dict[tuple[str, ...], onnx.ModelProto] = {(): full}
-    reports: dict[tuple[str, ...], AccuracyReport] = {}
-
-    def evaluate(keep: list[str]) -> AccuracyReport:
-        key = tuple(keep)
-        if key not in reports:
-            if key not in models:
-                models[key] = quantizer.quantize(keep)
-            reports[key] = data.evaluate(_ort_runner(models[key]))
-        return reports[key]
-
+    evaluate, models = memoized_evaluator(full, quantizer.quantize, data, _ort_runner)
     if evaluate([]).passed:
         record_search(record, None, "not needed (all-INT8 passes on the search samples)")
         return full, 0

@@ -9,9 +9,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from kiln.builder.accuracy import AccuracyReport
 from kiln.builder.data import Dataset, Sample
-from kiln.builder.mixed import RunFn, SearchData, proxy_ranking, record_search, run_search
+from kiln.builder.mixed import RunFn, SearchData, memoized_evaluator, proxy_ranking, record_search, run_search
 from kiln.builder.options import BuildOptions, CalibrationMethod, CalibrationOptions, Precision
 from kiln.builder.report import Reporter, StageRecord
 from kiln.errors import InvalidArgumentError, MissingDependencyError
@@ -89,17 +88,7 @@ def _search(  # type: ignore[no-untyped-def]
 ):
     tolerance = options.tolerance_for(Precision.INT8)
     data = SearchData(reference, calibration, options.calibration.search_samples, tolerance)
-    models = {(): full}
-    reports: dict[tuple[str, ...], AccuracyReport] = {}
-
-    def evaluate(keep: list[str]) -> AccuracyReport:
-        key = tuple(keep)
-        if key not in reports:
-            if key not in models:
-                models[key] = quantizer.quantize(keep)
-            reports[key] = data.evaluate(_ov_runner(models[key]))
-        return reports[key]
-
+    evaluate, models = memoized_evaluator(full, quantizer.quantize, data, _ov_runner)
     if evaluate([]).passed:
         record_search(record, None, "not needed (all-INT8 passes on the search samples)")
         return full
