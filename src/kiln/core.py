@@ -11,14 +11,13 @@ import time
 from collections.abc import AsyncIterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import kiln
 from kiln.cache import CacheOptions, ResponseCache, cache_key
 from kiln.calls import CoreCaller
 from kiln.config.schema import model_config_pb2
 from kiln.errors import (
-    InvalidArgumentError,
     NotFoundError,
     UnavailableError,
     UnimplementedError,
@@ -31,6 +30,7 @@ from kiln.scheduling import Batch, ResponseSender, Scheduler, Work
 from kiln.shm import SharedMemoryRegistry
 from kiln.stats import ModelStats
 from kiln.types import InferRequest, InferResponse, ModelMetadata, ServerMetadata
+from kiln.types.parameters import bind_reserved_parameters
 
 if TYPE_CHECKING:
     from kiln.tracing import TraceManager
@@ -377,40 +377,3 @@ def _fail_on_rejection(task: asyncio.Task[None], work: Work) -> None:
     """A stream's scheduler refused or timed out its request before execution: end the stream with that error."""
     if not task.cancelled() and task.exception() is not None:
         work.sender.fail_if_open(task.exception())  # type: ignore[arg-type]
-
-
-RESERVED_PARAMETERS = ("sequence_id", "sequence_start", "sequence_end", "priority", "timeout")
-
-
-def bind_reserved_parameters(request: InferRequest) -> None:
-    """Move the protocol's reserved request parameters into the request's typed fields (checked)."""
-    params = request.parameters
-    if not params or not any(key in params for key in RESERVED_PARAMETERS):
-        return
-    if "sequence_id" in params:
-        value = params.pop("sequence_id")
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, int | str)
-            or (isinstance(value, int) and value < 0)
-        ):
-            raise InvalidArgumentError(
-                f"request parameter 'sequence_id' must be an unsigned integer or a string, got {value!r}"
-            )
-        request.correlation_id = value
-    for key in ("sequence_start", "sequence_end"):
-        if key in params:
-            value = params.pop(key)
-            if not isinstance(value, bool):
-                raise InvalidArgumentError(f"request parameter '{key}' must be true or false, got {value!r}")
-            setattr(request, key, value)
-    if "priority" in params:
-        request.priority = _uint(params.pop("priority"), "priority")
-    if "timeout" in params:
-        request.timeout_us = _uint(params.pop("timeout"), "timeout")
-
-
-def _uint(value: Any, key: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise InvalidArgumentError(f"request parameter '{key}' must be an unsigned integer, got {value!r}")
-    return value

@@ -52,7 +52,6 @@ from kiln.backends.base import Backend
 from kiln.backends.torch_io import Slot
 from kiln.backends.torch_options import ThreadPools, TorchOptions, _torch
 from kiln.config import ModelIO
-from kiln.config.schema import model_config_pb2
 from kiln.errors import (
     InternalError,
     InvalidArgumentError,
@@ -60,7 +59,6 @@ from kiln.errors import (
     MissingDependencyError,
     ModelLoadError,
 )
-from kiln.types.datatypes import BY_CONFIG_NAME, DataType
 
 log = logging.getLogger(__name__)
 # torch 2.13 marks torch.jit.load / trace deprecated (in favour of torch.export); serving TorchScript is this
@@ -357,8 +355,8 @@ class PyTorchBackend(Backend):
 
     def _to_numpy(self, name: str, value: Any) -> np.ndarray:
         torch = self._torch
-        spec = self._config_type(name)
-        if isinstance(value, list) and _is_strings(value):
+        spec = torch_io.output_type(self.config, name)
+        if isinstance(value, list) and torch_io.is_strings(value):
             if spec is not None and spec.name != "BYTES":
                 raise InvalidArgumentError(
                     f"configuration expects datatype {spec.config_name} for output '{name}', model provides "
@@ -379,15 +377,6 @@ class PyTorchBackend(Backend):
             )
         return value.detach().cpu().contiguous().numpy()
 
-    def _config_type(self, name: str) -> DataType | None:
-        for entry in self.config.output:
-            if entry.name == name:
-                return BY_CONFIG_NAME[model_config_pb2.DataType.Name(entry.data_type)]
-        for state in self.config.sequence_batching.state:
-            if state.output_name == name:
-                return BY_CONFIG_NAME[model_config_pb2.DataType.Name(state.data_type)]
-        return None
-
     def unload(self) -> None:
         ThreadPools.release(self)
         key = self.__dict__.pop("_shared_key", None)
@@ -400,7 +389,3 @@ class PyTorchBackend(Backend):
                         del _Shared.modules[key]
         self.__dict__.pop("_module", None)
         self.__dict__.pop("_extra", None)
-
-
-def _is_strings(value: Any) -> bool:
-    return isinstance(value, list) and all(isinstance(v, str) for v in value)

@@ -11,7 +11,7 @@ from typing import Any
 from kiln.config import ModelIO
 from kiln.config.schema import model_config_pb2
 from kiln.errors import ModelConfigError, ModelLoadError
-from kiln.types.datatypes import BY_CONFIG_NAME, BY_NAME
+from kiln.types.datatypes import BY_CONFIG_NAME, BY_NAME, DataType
 
 log = logging.getLogger("kiln.backends.pytorch")
 
@@ -294,3 +294,19 @@ def fake_io(name: str, value: Any, filename: str) -> ModelIO:
         )
     shape = tuple(d if isinstance(d, int) else -1 for d in value.shape)
     return ModelIO(name, BY_NAME[dtype_name], shape)
+
+
+def output_type(config: model_config_pb2.ModelConfig, name: str) -> DataType | None:
+    """The config's data type of output (or sequence state output) ``name``."""
+    for entry in config.output:
+        if entry.name == name:
+            return BY_CONFIG_NAME[model_config_pb2.DataType.Name(entry.data_type)]
+    for state in config.sequence_batching.state:
+        if state.output_name == name:
+            return BY_CONFIG_NAME[model_config_pb2.DataType.Name(state.data_type)]
+    return None
+
+
+def is_strings(value: Any) -> bool:
+    """A ``List[str]`` result (TYPE_STRING)."""
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)

@@ -30,6 +30,7 @@ from kiln.errors import (
     error_class,
 )
 from kiln.lifecycle.fingerprints import directory_fingerprint, shared_fingerprint, version_fingerprint
+from kiln.lifecycle.index import repository_index
 from kiln.lifecycle.loader import free_version, load_version
 from kiln.lifecycle.state import (
     ControlMode,
@@ -393,30 +394,7 @@ class ModelManager:
         return status
 
     def index(self, ready_only: bool = False) -> list[IndexEntry]:
-        rows = []
-        names = set(self.models)
-        try:
-            names |= set(self.repository.scan())
-        except OSError:
-            pass
-        for name in sorted(names):
-            entry = self.models.get(name)
-            if entry is None:
-                rows.append(IndexEntry(name, "", ModelState.UNAVAILABLE.value, "not loaded"))
-                continue
-            if not entry.versions:
-                rows.append(IndexEntry(name, "", entry.state.value, entry.reason))
-            for v, status in sorted(entry.versions.items()):
-                reason = status.reason or (entry.reason if status.state is ModelState.READY else "")
-                state = status.state.value
-                health = status.model.health() if status.model is not None else None
-                if health is not None and status.state is ModelState.READY:
-                    state, reason = ModelState.UNAVAILABLE.value, health
-                composing = tuple(status.model.dependencies) if status.model is not None else ()
-                rows.append(IndexEntry(name, str(v), state, reason, composing))
-        if ready_only:
-            rows = [r for r in rows if r.state == ModelState.READY.value]
-        return rows
+        return repository_index(self.models, self.repository, ready_only)
 
     def loaded(self) -> list[ModelEntry]:
         return [e for e in self.models.values() if e.reason != "unloaded"]
