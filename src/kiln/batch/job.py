@@ -127,10 +127,11 @@ class ShardSink:
         self._open: dict[int, BatchResult] = {}
 
     def add(self, result: BatchResult, worker: str) -> None:
-        if self.first_at is None:
-            self.first_at = time.perf_counter()
         size = self.plan.options.shard_size
         rows = len(result.rows) + len(result.failures)
+        if self.first_at is None:
+            self.first_at = time.perf_counter()
+            self.summary.startup_rows = rows
         self.summary.rows += rows
         self.summary.succeeded += len(result.rows)
         self.summary.failures += result.failures

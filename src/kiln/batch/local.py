@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import socket
 from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from kiln.batch.engine import BatchEngine, BatchResult
@@ -22,23 +23,46 @@ class LocalExecutor:
         engine = BatchEngine(runner, plan.dataset)
         workers = plan.options.workers or os.cpu_count() or 1
         worker = f"{socket.gethostname()}:{os.getpid()}"
-        readers = ThreadPoolExecutor(workers, thread_name_prefix="kiln-batch-read")
-        inference = ThreadPoolExecutor(runner.instances, thread_name_prefix="kiln-batch-infer")
+        with Pipeline(engine, workers) as pipeline:
+            for result in pipeline.run(plan.batches()):
+                sink.add(result, worker)
+
+
+class Pipeline:
+    """Reading overlapped with inference: a thread pool reads and pre-processes the rows of the next batches
+    (``PREFETCH`` ahead) while each model instance runs an earlier one in its own thread. Results come back in
+    the batches' order. Used by the local executor over the whole job and by each Ray actor over its blocks."""
+
+    def __init__(self, engine: BatchEngine, readers: int) -> None:
+        self.engine = engine
+        self.instances = engine.runner.instances
+        self.readers = ThreadPoolExecutor(readers, thread_name_prefix="kiln-batch-read")
+        self.inference = ThreadPoolExecutor(self.instances, thread_name_prefix="kiln-batch-infer")
+
+    def run(self, batches: Iterable[Sequence[int]]) -> Iterator[BatchResult]:
         running: deque[Future[BatchResult]] = deque()
         try:
-            for batch in plan.batches():
-                decoding = [readers.submit(engine.decode, index) for index in batch]
-                running.append(inference.submit(_infer, engine, batch, decoding))
-                while len(running) > runner.instances + PREFETCH:
-                    sink.add(running.popleft().result(), worker)
+            for batch in batches:
+                decoding = [self.readers.submit(self.engine.decode, index) for index in batch]
+                running.append(self.inference.submit(_infer, self.engine, batch, decoding))
+                while len(running) > self.instances + PREFETCH:
+                    yield running.popleft().result()
             while running:
-                sink.add(running.popleft().result(), worker)
+                yield running.popleft().result()
         finally:
             for future in running:
                 future.cancel()
-            inference.shutdown(wait=True, cancel_futures=True)
-            readers.shutdown(wait=True, cancel_futures=True)
+
+    def close(self) -> None:
+        self.inference.shutdown(wait=True, cancel_futures=True)
+        self.readers.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> Pipeline:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
-def _infer(engine: BatchEngine, batch: range, decoding: list[Future]) -> BatchResult:
+def _infer(engine: BatchEngine, batch: Sequence[int], decoding: list[Future]) -> BatchResult:
     return engine.infer(batch, [future.result() for future in decoding])

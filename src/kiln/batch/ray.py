@@ -14,7 +14,6 @@ import logging
 import math
 import os
 import socket
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -22,9 +21,13 @@ import numpy as np
 from kiln.batch.dataset import DatasetSpec, open_dataset
 from kiln.batch.engine import BatchEngine, BatchResult, Failure
 from kiln.batch.job import BatchPlan, ShardSink
+from kiln.batch.local import Pipeline
 from kiln.batch.model import ModelRef, ModelRunner
 from kiln.batch.options import RayOptions
 from kiln.errors import InvalidArgumentError, MissingDependencyError, UnavailableError
+
+ACTOR_START_TIMEOUT_S = 600
+BLOCK_BATCHES = 8  # model batches per Ray Data block: an actor overlaps reading and inference within a block
 
 
 def import_ray() -> Any:
@@ -72,17 +75,29 @@ class RayExecutor:
         context.enable_progress_bars = False  # the driver shows its own
         logging.getLogger("ray.data").setLevel(logging.WARNING)
         context.execution_options.preserve_order = False  # the sink puts rows back in order, shard by shard
+        # the whole pool starts before the first block is handed out, so an actor that comes up first does not
+        # take the blocks of one still loading its model (Ray's error names the resources when it cannot start)
+        context.wait_for_min_actors_s = ACTOR_START_TIMEOUT_S
         indices = np.array([i for s in plan.pending for i in plan.shards[s]], dtype=np.int64)
         if not len(indices):
             return
-        blocks = max(1, math.ceil(len(indices) / plan.batch_size))
+        actors = self.actors()
+        # blocks of up to BLOCK_BATCHES model batches, but at least four per actor so that the work spreads
+        per_block = max(1, min(BLOCK_BATCHES, math.ceil(len(indices) / plan.batch_size / (4 * actors))))
+        block_rows = per_block * plan.batch_size
+        blocks = max(1, math.ceil(len(indices) / block_rows))
         dataset = ray.data.from_items([{"index": int(i)} for i in indices], override_num_blocks=blocks)
         results = dataset.map_batches(
             Predictor,
-            fn_constructor_kwargs={"ref": plan.ref, "spec": plan.spec, "threads": self.options.threads},
-            batch_size=plan.batch_size,
+            fn_constructor_kwargs={
+                "ref": plan.ref,
+                "spec": plan.spec,
+                "threads": self.options.threads,
+                "batch_size": plan.batch_size,
+            },
+            batch_size=block_rows,
             batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(size=self.actors()),
+            compute=ray.data.ActorPoolStrategy(size=actors, max_tasks_in_flight_per_actor=2),
             num_cpus=self.options.num_cpus,
             resources=dict(self.options.resources) or None,
         )
@@ -92,22 +107,27 @@ class RayExecutor:
 
 
 class Predictor:
-    """A Ray Data actor: the model, the dataset reader and a thread pool for reading rows."""
+    """A Ray Data actor: the model and the dataset reader. Each call gets a block of several model batches and
+    runs them through the local executor's :class:`~kiln.batch.local.Pipeline`, so rows of the next batch are
+    read while the model runs the current one."""
 
-    def __init__(self, ref: ModelRef, spec: DatasetSpec, threads: int | None) -> None:
+    def __init__(self, ref: ModelRef, spec: DatasetSpec, threads: int | None, batch_size: int) -> None:
         import ray
 
         self.runner = ModelRunner.load(ref, cpu_count=threads)
-        self.engine = BatchEngine(self.runner, open_dataset(spec, self.runner.inputs))
-        self.readers = ThreadPoolExecutor(
-            threads or os.cpu_count() or 1, thread_name_prefix="kiln-batch-read"
+        self.pipeline = Pipeline(
+            BatchEngine(self.runner, open_dataset(spec, self.runner.inputs)), threads or os.cpu_count() or 1
         )
+        self.batch_size = batch_size
         node = ray.get_runtime_context().get_node_id()
         self.worker = f"{node[:12]}/{socket.gethostname()}:{os.getpid()}"
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         indices = [int(i) for i in batch["index"]]
-        result = self.engine.infer(indices, list(self.readers.map(self.engine.decode, indices)))
+        step = self.batch_size
+        result = BatchResult()
+        for part in self.pipeline.run(indices[i : i + step] for i in range(0, len(indices), step)):
+            result.extend(part)
         return to_columns(result, self.worker)
 
 

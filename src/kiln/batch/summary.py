@@ -29,6 +29,7 @@ class BatchSummary:
     failures_total: int = 0  # every shard's, earlier runs' included (OUT/failures.jsonl)
     seconds: float = 0.0
     startup_s: float = 0.0  # until the first batch came back (model loads in Ray actors, first reads)
+    startup_rows: int = 0  # rows that came back with it (a Ray block holds several model batches)
     workers: dict[str, int] = field(default_factory=dict)  # "host:pid" (Ray: "node-id/host:pid") -> rows
 
     @property
@@ -37,8 +38,8 @@ class BatchSummary:
 
     @property
     def steady_rows_per_s(self) -> float:
-        """Rows per second after the first batch came back (start-up left out)."""
-        first = min(self.rows, self.batch_size)
+        """Rows per second after the first result came back (start-up left out)."""
+        first = min(self.rows, self.startup_rows or self.batch_size)
         span = self.seconds - self.startup_s
         return (self.rows - first) / span if span > 0 and self.rows > first else self.rows_per_s
 

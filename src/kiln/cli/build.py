@@ -104,6 +104,14 @@ def add_parser(sub: Any) -> None:
         "--no-benchmark", action="store_true", help="don't time batch sizes for dynamic_batching"
     )
     out.add_argument("--no-progress", action="store_true")
+    cmp = p.add_argument_group("compare (after the build)")
+    cmp.add_argument(
+        "--compare",
+        action="store_true",
+        help="time the source and the artifact side by side (as kiln bench --compare); recorded in build.json",
+    )
+    cmp.add_argument("--compare-batch", type=int, help="default: the largest preferred batch size, else 8")
+    cmp.add_argument("--compare-duration", type=float, default=4.0, help="seconds of timed runs each (4)")
     p.set_defaults(func=run)
 
 
@@ -195,4 +203,21 @@ def run(args: argparse.Namespace) -> int:
         f"manifest {result.version_dir}/build.json",
         soft_wrap=True,
     )
+    if args.compare:
+        from kiln.builder import parse_shape_spec
+        from kiln.builder.compare import compare_with_source
+        from kiln.perf.report import print_results
+
+        try:
+            results = compare_with_source(
+                result,
+                args.model,
+                args.compare_batch,
+                args.compare_duration,
+                shapes=parse_shape_spec(args.shapes),
+            )
+        except KilnError as e:
+            console.print(f"[red]kiln build --compare failed:[/red] {escape(e.message)}", soft_wrap=True)
+            return 1
+        print_results(results)
     return 0

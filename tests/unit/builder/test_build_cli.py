@@ -97,3 +97,25 @@ def test_cli_build_then_bench(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert doc["ratios_b_over_a"]["throughput"] > 0
     assert main(["bench", str(tmp_path / "missing.onnx")]) == 1
     assert main(["bench"]) == 1
+
+
+@pytest.mark.parametrize("target", ["onnxruntime", "openvino"])
+def test_build_compare_times_source_and_artifact_and_records_it(
+    tmp_path: Path, target: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    if target == "openvino":
+        pytest.importorskip("openvino")
+    source = save(conv_net(), tmp_path, "conv.onnx")
+    out = tmp_path / "repo" / "conv"
+    argv = ["build", str(source), "-o", str(out), "--target", target, "--no-progress", "--no-benchmark"]
+    rc = main([*argv, "--compare", "--compare-batch", "2", "--compare-duration", "0.4"])
+    assert rc == 0
+    record = json.loads((out / "1" / "build.json").read_text())["compare"]
+    assert record["batch"] == 2
+    assert record["source"]["artifact"] == str(source)
+    assert record["artifact"]["backend"] == target
+    assert record["source"]["throughput"] > 0 and record["artifact"]["throughput"] > 0
+    ratio = record["ratios_artifact_over_source"]["throughput"]
+    assert ratio == pytest.approx(record["artifact"]["throughput"] / record["source"]["throughput"])
+    printed = capsys.readouterr().out
+    assert "kiln bench - batch 2" in printed and "ORT_ENABLE_ALL" in printed
