@@ -189,8 +189,8 @@ def test_profile_compare_onnxruntime_and_openvino_side_by_side(
         assert profile["runs"] == 20 and profile["nodes"]
         assert _shares(profile) == pytest.approx(100.0, abs=0.01)
         assert profile["total_ms_per_run"] > 0
-    # OpenVINO names its kernels with their precision (e.g. brgemm_avx2_f32)
-    assert any("32" in n["kernel"] for n in ov_profile["nodes"])
+    # OpenVINO names the kernel of every node (e.g. brgemm_avx2_f32; the name depends on the CPU's ISA)
+    assert all(n["kernel"] for n in ov_profile["nodes"])
 
 
 def test_profile_of_other_backends_is_a_clear_error(
