@@ -16,7 +16,8 @@ at batch 1, 2, 4, 8 (`--batch-sizes`); each point is `--raw-seconds` s after one
 size b* (items/s) is what Kiln is configured with: `max_batch_size: b*`, `dynamic_batching { preferred_batch_size:
 [b*] max_queue_delay_microseconds: --queue-delay-us }`, one CPU instance. Kiln is then driven by
 bench/_loadgen.py over gRPC (pre-serialised batch-1 ModelInfer requests, asyncio, `--client-processes`
-processes) at concurrency clamp(2 b*, 4, 8), `--warmup` s then `--seconds` s measured; the raw runtime at b* is
+processes) at concurrency clamp(2 b*, 4, 16) (b* running, b* waiting: the batcher can form b*), `--warmup` s
+then `--seconds` s measured; the raw runtime at b* is
 measured again right after each Kiln run, and the ratio is Kiln items/s over the better of the two raw figures.
 Batch sizes Kiln really formed come from its statistics (GET /v2/models/<m>/stats). Before the load, one request
 per model is checked against the raw runtime's output.
@@ -355,7 +356,7 @@ def main() -> int:
                 del run
                 gc.collect()
                 r.best = max(r.raw, key=lambda b: r.raw[b])
-                r.concurrency = min(8, max(4, 2 * r.best))
+                r.concurrency = min(16, max(4, 2 * r.best))
                 write_config(repo, r.spec, r.best, args.queue_delay_us)
                 print(f"[raw] {r.spec.name}: " + ", ".join(f"b{b} {v:.1f}/s" for b, v in r.raw.items()),
                       file=sys.stderr)  # fmt: skip

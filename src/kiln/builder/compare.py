@@ -6,7 +6,6 @@ every source it reads (ONNX, TorchScript, ``.pt2``): both sides go through the r
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,8 +22,7 @@ def compare_batch(result: BuildResult) -> int:
     preferred = (result.manifest.get("speed") or {}).get("preferred_batch_sizes") or []
     if preferred:
         return int(max(preferred))
-    found = re.search(r"^max_batch_size:\s*(\d+)", result.config_text, re.MULTILINE)
-    max_batch = int(found.group(1)) if found else 0
+    max_batch = result.max_batch_size
     return min(DEFAULT_BATCH, max_batch) if max_batch > 0 else 1
 
 

@@ -67,6 +67,7 @@ class BuildResult:
     manifest: dict[str, Any]
     accuracy: AccuracyReport
     config_text: str
+    max_batch_size: int  # 0: the model has no batch dimension
 
 
 def build(options: BuildOptions, reporter: Reporter | None = None) -> BuildResult:
@@ -330,6 +331,7 @@ def _write(
         manifest,
         chosen.accuracy,
         config_text(config),
+        config.max_batch_size,
     )
 
 

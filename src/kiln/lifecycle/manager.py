@@ -30,6 +30,7 @@ from kiln.errors import (
     error_class,
 )
 from kiln.lifecycle.fingerprints import directory_fingerprint, shared_fingerprint, version_fingerprint
+from kiln.lifecycle.graph import dependencies, dependents
 from kiln.lifecycle.index import repository_index
 from kiln.lifecycle.loader import free_version, load_version
 from kiln.lifecycle.state import (
@@ -179,28 +180,12 @@ class ModelManager:
         if check_mode:
             self._check_mode()
             check_model_name(name)
-        needed = self.dependencies(name) if cascade else set()
+        needed = dependencies(self.models, name) if cascade else set()
         await self._unload_one(name)
         for dependency in sorted(needed):
-            if dependency in self.models and not self.dependents(dependency):
+            if dependency in self.models and not dependents(self.models, dependency):
                 log.info("unloading '%s': '%s' depended on it (unload_dependents)", dependency, name)
                 await self.unload(dependency, {"unload_dependents": True}, check_mode=False)
-
-    def dependencies(self, name: str) -> set[str]:
-        """The models ``name``'s loaded versions call."""
-        entry = self.models.get(name)
-        if entry is None:
-            return set()
-        return {
-            d
-            for status in entry.versions.values()
-            if status.model is not None
-            for d in status.model.dependencies
-        }
-
-    def dependents(self, name: str) -> set[str]:
-        """The loaded models that call ``name``."""
-        return {other for other in self.models if other != name and name in self.dependencies(other)}
 
     async def _unload_one(self, name: str) -> None:
         async with self._lock(name):
