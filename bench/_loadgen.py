@@ -27,7 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-_DTYPES = {np.dtype(np.float32): "FP32", np.dtype(np.int64): "INT64", np.dtype(np.int32): "INT32"}
+from kiln.perf.loadgen import closed_loop, infer_request
+from kiln.types.datatypes import from_numpy
 
 
 @dataclass(frozen=True)
@@ -41,22 +42,15 @@ class LoadResult:
     first_error: str = ""
 
 
-def grpc_request_bytes(model: str, inputs: dict[str, np.ndarray]) -> bytes:
-    from tritonclient.grpc import service_pb2
-
-    request = service_pb2.ModelInferRequest(model_name=model)
-    for name, array in inputs.items():
-        tensor = request.inputs.add()
-        tensor.name, tensor.datatype = name, _DTYPES[array.dtype]
-        tensor.shape.extend(array.shape)
-        request.raw_input_contents.append(np.ascontiguousarray(array).tobytes())
-    return request.SerializeToString()
-
-
 def http_request_body(inputs: dict[str, np.ndarray]) -> bytes:
     body = {
         "inputs": [
-            {"name": n, "shape": list(a.shape), "datatype": _DTYPES[a.dtype], "data": a.ravel().tolist()}
+            {
+                "name": n,
+                "shape": list(a.shape),
+                "datatype": from_numpy(a.dtype).name,
+                "data": a.ravel().tolist(),
+            }
             for n, a in inputs.items()
         ]
     }
@@ -67,31 +61,13 @@ async def _grpc_worker(spec: dict, payload: bytes) -> tuple[list[int], int, str]
     import grpc
     from tritonclient.grpc import service_pb2
 
-    options = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
-    latencies: list[int] = []
-    errors, first_error = 0, ""
-    async with grpc.aio.insecure_channel(spec["url"], options=options) as channel:
-        call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+    async with grpc.aio.insecure_channel(spec["url"]) as channel:
         # one checked request first: the server answers this payload with outputs
+        call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
         response = service_pb2.ModelInferResponse.FromString(await call(payload))
         if not response.outputs:
             raise RuntimeError(f"no outputs in the response: {response}")
-
-        async def loop() -> None:
-            nonlocal errors, first_error
-            while time.time() < spec["end"]:
-                start = time.perf_counter_ns()
-                try:
-                    await call(payload)
-                except grpc.aio.AioRpcError as e:
-                    errors += 1
-                    first_error = first_error or f"{e.code().name}: {e.details()}"
-                    continue
-                if spec["start"] <= time.time() < spec["end"]:
-                    latencies.append(time.perf_counter_ns() - start)
-
-        await asyncio.gather(*(loop() for _ in range(spec["tasks"])))
-    return latencies, errors, first_error
+    return await closed_loop(spec["url"], payload, spec["tasks"], spec["start"], spec["end"])
 
 
 async def _http_worker(spec: dict, payload: bytes) -> tuple[list[int], int, str]:
@@ -129,7 +105,7 @@ def _worker_main(spec_json: str) -> None:
     spec = json.loads(spec_json)
     inputs = {name: np.load(path) for name, path in spec["inputs"].items()}
     if spec["protocol"] == "grpc":
-        payload = grpc_request_bytes(spec["model"], inputs)
+        payload = infer_request(spec["model"], inputs)
         latencies, errors, first = asyncio.run(_grpc_worker(spec, payload))
     else:
         payload = http_request_body(inputs)

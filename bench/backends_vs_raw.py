@@ -14,9 +14,10 @@ inter-op 1, all graph optimisations; TFLite: num_threads = nproc; TensorFlow: th
 default session, as Kiln's backend; torch: torch.jit.load, inference_mode, torch's default threads), one caller,
 at batch 1, 2, 4, 8 (`--batch-sizes`); each point is `--raw-seconds` s after one warm-up call. Its best batch
 size b* (items/s) is what Kiln is configured with: `max_batch_size: b*`, `dynamic_batching { preferred_batch_size:
-[b*] max_queue_delay_microseconds: --queue-delay-us }`, one CPU instance. Kiln is then driven by
+[b*] max_queue_delay_microseconds: --queue-delay-us }`, `--instances` CPU instances. Kiln is then driven by
 bench/_loadgen.py over gRPC (pre-serialised batch-1 ModelInfer requests, asyncio, `--client-processes`
-processes) at concurrency clamp(2 b*, 4, 16) (b* running, b* waiting: the batcher can form b*), `--warmup` s
+processes) at concurrency clamp((instances + 1) b*, 4, 16 instances) (b* running on each instance, b* waiting: the
+batcher can form b*; `--instances`, default 1, each instance with cores / instances threads), `--warmup` s
 then `--seconds` s measured; the raw runtime at b* is
 measured again right after each Kiln run, and the ratio is Kiln items/s over the better of the two raw figures.
 Batch sizes Kiln really formed come from its statistics (GET /v2/models/<m>/stats). Before the load, one request
@@ -153,11 +154,11 @@ def build_model_files(repo: Path, names: list[str]) -> None:
             torch.jit.trace(mlp, torch.zeros(2, MLP_SIZES[0])).save(str(version / "model.pt"))
 
 
-def write_config(repo: Path, spec: Spec, max_batch: int, queue_delay_us: int) -> None:
+def write_config(repo: Path, spec: Spec, max_batch: int, queue_delay_us: int, instances: int) -> None:
     (repo / spec.name / "config.pbtxt").write_text(
         f"{spec.config_head}\nmax_batch_size: {max_batch}\n"
         f"dynamic_batching {{ preferred_batch_size: [ {max_batch} ] max_queue_delay_microseconds: {queue_delay_us} }}\n"
-        "instance_group [ { count: 1 kind: KIND_CPU } ]\n"
+        f"instance_group [ {{ count: {instances} kind: KIND_CPU }} ]\n"
     )
 
 
@@ -281,7 +282,8 @@ def render(results: list[Result], args: argparse.Namespace, started: float) -> s
         f"{dt.datetime.now():%Y-%m-%d %H:%M}, {machine_description()}; {load_note()}.",
         f"Kiln over gRPC (bench/_loadgen.py, batch-1 requests, {args.client_processes} client process(es)), "
         f"{args.warmup:g} s warm-up + {args.seconds:g} s measured per model; dynamic batching "
-        f"(max_batch_size = preferred = b*, max queue delay {args.queue_delay_us} us), one CPU instance. Raw: "
+        f"(max_batch_size = preferred = b*, max queue delay {args.queue_delay_us} us), {args.instances} CPU "
+        "instance(s), the cores shared between them. Raw: "
         f"the runtime in-process, one caller, {args.raw_seconds:g} s per batch size. Total run "
         f"{time.monotonic() - started:.0f} s.",
         "",
@@ -334,6 +336,12 @@ def main() -> int:
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--queue-delay-us", type=int, default=2000)
     parser.add_argument("--client-processes", type=int, default=1)
+    parser.add_argument(
+        "--instances",
+        type=int,
+        default=1,
+        help="Kiln's instance_group count (each instance gets cores / count runtime threads)",
+    )
     add_output_options(parser, "backends_vs_raw")
     args = parser.parse_args()
     started = time.monotonic()
@@ -356,8 +364,8 @@ def main() -> int:
                 del run
                 gc.collect()
                 r.best = max(r.raw, key=lambda b: r.raw[b])
-                r.concurrency = min(16, max(4, 2 * r.best))
-                write_config(repo, r.spec, r.best, args.queue_delay_us)
+                r.concurrency = min(16 * args.instances, max(4, (args.instances + 1) * r.best))
+                write_config(repo, r.spec, r.best, args.queue_delay_us, args.instances)
                 print(f"[raw] {r.spec.name}: " + ", ".join(f"b{b} {v:.1f}/s" for b, v in r.raw.items()),
                       file=sys.stderr)  # fmt: skip
             except Exception as exc:

@@ -17,7 +17,8 @@ two-node run adds a worker node, one ``kiln_slot`` per node so that each node ge
 Runs itself in a loopback-only network namespace when it can (root): see loopback_namespace().
 
 Usage: .venv/bin/python bench/batch.py [--rows 2000] [--rounds 3] [--models resnet18,efficientnet]
-       [--markdown-out /tmp/bench_batch.md]
+       [--two-node-rows 480] [--no-ray] [--markdown-out /tmp/bench_batch.md]
+--rounds 0 runs only the two-node split; --no-ray only raw and local (more rounds in the same time).
 """
 
 from __future__ import annotations
@@ -169,8 +170,9 @@ def measure(
 
 
 def model_rows(
-    name: str, repo: Path, images: Path, paths: list[Path], work: Path, address: str, rounds: int
+    name: str, repo: Path, images: Path, paths: list[Path], work: Path, address: str | None, rounds: int
 ) -> list[str]:
+    """One table row of ``name``: raw, local and (with a cluster ``address``) Ray on one node."""
     from kiln.batch import RayOptions
 
     one_node = RayOptions(address=address, concurrency=1, num_cpus=1.0)
@@ -185,8 +187,9 @@ def model_rows(
     variants = {
         "raw": lambda: run_raw(repo / name / "1" / "model.onnx", paths, MODELS[name][1]),
         "local": kiln(None),
-        "ray_1node": kiln(one_node),
     }
+    if address is not None:
+        variants["ray_1node"] = kiln(one_node)
     res = measure(len(paths), variants, rounds)
     med = {
         k: (statistics.median(v[0] for v in vals), statistics.median(v[1] for v in vals))
@@ -196,15 +199,16 @@ def model_rows(
     def ratio_of(a: str, b: str, field: int) -> float:
         return statistics.median(x[field] / y[field] for x, y in zip(res[a], res[b], strict=True))
 
-    ratio = {
-        "local/raw": ratio_of("local", "raw", 0),
-        "ray/local (wall)": ratio_of("ray_1node", "local", 0),
-        "ray/local (steady)": ratio_of("ray_1node", "local", 1),
-    }
+    local_raw = ", ".join(f"{x[0] / y[0]:.2f}" for x, y in zip(res["local"], res["raw"], strict=True))
+    ray = "(not run)", "(not run)"
+    if "ray_1node" in res:
+        ray = (
+            f"{med['ray_1node'][0]:.1f} ({med['ray_1node'][1]:.1f} steady)",
+            f"{ratio_of('ray_1node', 'local', 0):.1%} / {ratio_of('ray_1node', 'local', 1):.1%}",
+        )
     return [
-        f"| {name} | {med['raw'][0]:.1f} | {med['local'][0]:.1f} | {med['ray_1node'][0]:.1f} "
-        f"({med['ray_1node'][1]:.1f} steady) | {ratio['local/raw']:.1%} | {ratio['ray/local (wall)']:.1%} / "
-        f"{ratio['ray/local (steady)']:.1%} |"
+        f"| {name} | {med['raw'][0]:.1f} | {med['local'][0]:.1f} | {ray[0]} | "
+        f"{ratio_of('local', 'raw', 0):.1%} ({local_raw}) | {ray[1]} |"
     ]
 
 
@@ -220,6 +224,35 @@ def two_node_rows(name: str, repo: Path, images: Path, work: Path, address: str)
     return [
         f"| {name} | {len(nodes)} | {split} | {summary.rows_per_s:.1f} | {summary.steady_rows_per_s:.1f} |"
     ]  # type: ignore[attr-defined]
+
+
+def two_node_table(
+    names: list[str], repo: Path, paths: list[Path], work: Path, port: int, node: list[str]
+) -> list[str]:
+    """Each model on a fresh two-node cluster; a failure is a table row (the single-node figures still stand)."""
+    import ray
+
+    address = f"127.0.0.1:{port}"
+    ray.shutdown()
+    try:
+        # Fresh clusters, both nodes up before the driver connects (as tests/e2e/test_batch.py does): a
+        # worker node joining the head after a driver's jobs had its raylet marked dead on this machine.
+        # One job per fresh cluster: here a second job on the same two nodes saw both raylets die at its start.
+        subset = work / "images_two_node"
+        subset.mkdir()
+        for path in paths:
+            (subset / path.name).symlink_to(path)
+        double = []
+        for n in names:
+            ray_command("stop", "--force")
+            ray_command("start", "--head", "--port", str(port), "--num-cpus", "1",
+                        "--include-dashboard=false", *node)  # fmt: skip
+            ray_command("start", "--address", address, "--num-cpus", "1", *node)
+            double += two_node_rows(n, repo, subset, work, address)
+            ray.shutdown()
+        return double
+    except Exception as e:  # reported, not hidden
+        return [f"| (the two-node run failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}) | | | | |"]
 
 
 def loopback_namespace() -> None:
@@ -258,6 +291,9 @@ def main() -> int:
         default=480,
         help="rows of the two-node run (its split, not a speed figure)",
     )
+    parser.add_argument(
+        "--no-ray", action="store_true", help="raw and local only (no Ray cluster, no two-node run)"
+    )
     args = parser.parse_args()
     started, load_start = time.monotonic(), load_note()
     names = [n for n in args.models.split(",") if n]
@@ -269,40 +305,19 @@ def main() -> int:
     try:
         paths = write_images(work / "images", args.rows)
         repo = write_repository(work / "repo", names)
-        ray_command("start", "--head", "--port", str(port), "--num-cpus", str(os.cpu_count()),
-                    "--include-dashboard=false", *node)  # fmt: skip
-        single = (
-            [
-                row
-                for n in names
-                for row in model_rows(n, repo, work / "images", paths, work, address, args.rounds)
-            ]
+        if not args.no_ray:
+            ray_command("start", "--head", "--port", str(port), "--num-cpus", str(os.cpu_count()),
+                        "--include-dashboard=false", *node)  # fmt: skip
+        cluster = None if args.no_ray else address
+        single = [
+            row
+            for n in names
+            for row in model_rows(n, repo, work / "images", paths, work, cluster, args.rounds)
             if args.rounds
-            else []
-        )
-        import ray
-
-        ray.shutdown()
-        try:
-            # Fresh clusters, both nodes up before the driver connects (as tests/e2e/test_batch.py does): a
-            # worker node joining the head after a driver's jobs had its raylet marked dead on this machine.
-            # One job per fresh cluster: here a second job on the same two nodes saw both raylets die at its start.
-            subset = work / "images_two_node"
-            subset.mkdir()
-            for path in paths[: args.two_node_rows]:
-                (subset / path.name).symlink_to(path)
-            double = []
-            for n in names:
-                ray_command("stop", "--force")
-                ray_command("start", "--head", "--port", str(port), "--num-cpus", "1",
-                            "--include-dashboard=false", *node)  # fmt: skip
-                ray_command("start", "--address", address, "--num-cpus", "1", *node)
-                double += two_node_rows(n, repo, subset, work, address)
-                ray.shutdown()
-        except Exception as e:  # reported, not hidden: the single-node figures above still stand
-            double = [
-                f"| (the two-node run failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}) | | | | |"
-            ]
+        ]
+        double = ["| (not run: --no-ray) | | | | |"]
+        if not args.no_ray:
+            double = two_node_table(names, repo, paths[: args.two_node_rows], work, port, node)
     finally:
         subprocess.run(
             [str(Path(sys.executable).with_name("ray")), "stop", "--force"], capture_output=True, check=False
@@ -315,7 +330,7 @@ def main() -> int:
 {args.rows} JPEG rows (crops of scikit-image's photos), batch size {BATCH}, {args.rounds} alternating rounds; rows/s
 are medians, ratios are medians of per-round ratios; "steady" leaves out the time to the first batch.
 
-| model | raw ORT rows/s | kiln batch local | kiln batch Ray, 1 node | local / raw | Ray / local (wall / steady) |
+| model | raw ORT rows/s | kiln batch local | Ray, 1 node | local / raw (rounds) | Ray / local (wall / steady) |
 |---|---|---|---|---|---|
 {chr(10).join(single)}
 

@@ -53,9 +53,12 @@ def infer_request(model: str, inputs: Mapping[str, np.ndarray]) -> bytes:
     return request.SerializeToString()
 
 
-async def _closed_loop(
-    url: str, payload: bytes, concurrency: int, warmup_s: float, duration_s: float
+async def closed_loop(
+    url: str, payload: bytes, concurrency: int, start: float, end: float
 ) -> tuple[list[int], int, str]:
+    """``concurrency`` copies of ``payload`` always in flight until ``end``; latencies (ns) of the requests sent
+    at or after ``start`` that completed before ``end``, the error count and the first error. ``start`` and
+    ``end`` are ``time.time()`` values, so that several client processes can share one window."""
     import grpc
 
     options = [
@@ -64,8 +67,9 @@ async def _closed_loop(
     ]
     latencies: list[int] = []
     errors, first_error = 0, ""
-    start = time.perf_counter() + warmup_s
-    end = start + duration_s
+    # the window on this process's monotonic clock
+    offset = time.perf_counter() - time.time()
+    start, end = start + offset, end + offset
     async with grpc.aio.insecure_channel(url, options=options) as channel:
         call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
 
@@ -73,7 +77,7 @@ async def _closed_loop(
             nonlocal errors, first_error
             while (sent := time.perf_counter()) < end:
                 try:
-                    await call(payload, timeout=max(30.0, 4 * duration_s))
+                    await call(payload, timeout=max(30.0, 4 * (end - sent)))
                 except grpc.aio.AioRpcError as e:
                     if sent >= start:
                         errors += 1
@@ -100,8 +104,9 @@ def run_load(
     if concurrency < 1 or duration_s <= 0:
         raise InvalidArgumentError("the load needs a concurrency >= 1 and a positive duration")
     payload = infer_request(model, inputs)
+    start = time.time() + warmup_s
     latencies, errors, first_error = asyncio.run(
-        _closed_loop(url, payload, concurrency, warmup_s, duration_s)
+        closed_loop(url, payload, concurrency, start, start + duration_s)
     )
     return point(concurrency, latencies, errors, duration_s, first_error)
 
