@@ -189,7 +189,8 @@ def fresh_sections(runs: dict[str, list[FreshRun]], errors: list[str]) -> str:
     return (
         "## Cold start: process start -> /v2/models/<model>/ready = 200 (a repository of that model alone)\n\n"
         + cold_table(runs, errors)
-        + "\n\nKiln in-process: add_sub; Kiln process: add_sub_process; Triton: add_sub.\n\n"
+        + "\n\nKiln in-process: add_sub; Kiln process: add_sub_process; Triton: add_sub. Kiln's modules were "
+        "byte-compiled first (`make setup` does it, as pip does for a wheel).\n\n"
         "## Memory: a fresh server with one Python instance, after one warm-up request\n\n"
         + memory_table(runs)
         + "\n\nThe same fresh servers as the cold starts, read right after one checked request: RSS = VmRSS of "

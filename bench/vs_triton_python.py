@@ -371,6 +371,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--ready-timeout", type=float, default=90.0)
     parser.add_argument(
+        "--fresh-only", action="store_true", help="only the cold starts and memory (no perf_analyzer runs)"
+    )
+    parser.add_argument(
         "--triton-venv", type=Path, default=Path(os.environ.get("TRITON_VENV", "/tmp/pytriton-venv"))
     )
     parser.add_argument(
@@ -449,6 +452,14 @@ def report(run: Run, args: argparse.Namespace, triton: Triton, loads: tuple[str,
     return "\n\n".join(parts) + "\n"
 
 
+def compile_kiln() -> None:
+    """Kiln's bytecode written beforehand, as `make setup` and a wheel install do: with PYTHONDONTWRITEBYTECODE=1
+    (this machine's environment) an editable install would compile every module again on each start."""
+    subprocess.run(
+        [str(venv_python()), "-m", "compileall", "-q", str(REPO_ROOT / "src" / "kiln")], check=True
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     triton = Triton.find(args.triton_venv, args.triton_backends)
@@ -456,9 +467,11 @@ def main(argv: list[str] | None = None) -> int:
     load_start = load_note()
     print(f"[load] {load_start}", file=sys.stderr)
     run = Run()
+    compile_kiln()
     with tempfile.TemporaryDirectory(prefix="kiln-bench-vs-triton-") as tmp:
         repos = build_repositories(Path(tmp))
-        measure_all(run, launches(triton, repos.shared, repos.kiln_only), args, out_dir)
+        if not args.fresh_only:
+            measure_all(run, launches(triton, repos.shared, repos.kiln_only), args, out_dir)
         measure_fresh_starts(run, fresh_servers(triton, repos), args, out_dir)
     text = report(run, args, triton, (load_start, load_note()))
     publish(text, args.markdown_out, out_dir)
