@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import queue
-from collections.abc import AsyncIterator, Iterator, Mapping
-from typing import TYPE_CHECKING
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
 
+from kiln import bridge
 from kiln.config.schema import model_config_pb2
 from kiln.errors import InternalError, KilnError, UnavailableError
 from kiln.types import InferRequest, InferResponse
 
 if TYPE_CHECKING:
     from kiln.core import Core
+
+T = TypeVar("T")
 
 
 class CoreCaller:
@@ -42,19 +46,29 @@ class CoreCaller:
         return loop
 
     def infer_sync(self, request: InferRequest) -> InferResponse:
-        loop = self._loop_for_sync()
-        return asyncio.run_coroutine_threadsafe(self.core.infer(request), loop).result()
+        return self._block(self.core.infer, request)
 
-    # the repository API for models (pb_utils.load_model / unload_model / is_model_ready), from worker threads
+    # the repository API for models (pb_utils.load_model / unload_model / is_model_ready), from blocking code
     def load_sync(self, name: str, parameters: Mapping[str, object]) -> None:
-        asyncio.run_coroutine_threadsafe(
-            self.core.load_model(name, parameters), self._loop_for_sync()
-        ).result()
+        self._block(self.core.load_model, name, parameters)
 
     def unload_sync(self, name: str, parameters: Mapping[str, object]) -> None:
-        asyncio.run_coroutine_threadsafe(
-            self.core.unload_model(name, parameters), self._loop_for_sync()
-        ).result()
+        self._block(self.core.unload_model, name, parameters)
+
+    def _block(self, call: Callable[..., Coroutine[Any, Any, T]], *args: Any) -> T:
+        """A core call's result, for blocking code: awaited by the loop from a bridge greenlet (a model executing
+        on the loop), or waited for by a worker thread."""
+        if bridge.inside():
+            return bridge.wait(self._in_context(call(*args)))
+        loop = self._loop_for_sync()
+        return bridge.result(asyncio.run_coroutine_threadsafe(call(*args), loop))
+
+    def _in_context(self, coro: Coroutine[Any, Any, T]) -> Awaitable[T]:
+        """In a bridge greenlet: the call, run in the greenlet's context where a trace may be set (as
+        ``run_coroutine_threadsafe`` carries a thread's); with tracing off, awaited as it is."""
+        if self.core.tracer is None:
+            return coro
+        return asyncio.get_running_loop().create_task(coro, context=contextvars.copy_context())
 
     def ready_sync(self, name: str, version: str = "") -> bool:
         try:
@@ -66,7 +80,11 @@ class CoreCaller:
         return self.core.model_config(name, version)
 
     def stream_sync(self, request: InferRequest) -> Iterator[InferResponse]:
-        """Responses as they come, to a worker thread (a thread-safe queue between the loop and the caller)."""
+        """Responses as they come, to blocking code: from a bridge greenlet, each awaited by the loop; to a worker
+        thread, through a thread-safe queue between the loop and the caller."""
+        if bridge.inside():
+            yield from self._stream_bridged(request)
+            return
         loop = self._loop_for_sync()
         responses: queue.SimpleQueue[InferResponse | BaseException | None] = queue.SimpleQueue()
 
@@ -81,7 +99,7 @@ class CoreCaller:
 
         future = asyncio.run_coroutine_threadsafe(pump(), loop)
         try:
-            while (item := responses.get()) is not None:
+            while (item := bridge.get(responses)) is not None:
                 if isinstance(item, BaseException):
                     raise item
                 yield item
@@ -89,3 +107,29 @@ class CoreCaller:
             if not future.done():
                 request.cancellation.cancel()
                 future.cancel()
+
+    def _stream_bridged(self, request: InferRequest) -> Iterator[InferResponse]:
+        stream = aiter(self.core.stream(request))
+        context = None if self.core.tracer is None else contextvars.copy_context()
+
+        async def step() -> InferResponse:
+            return await anext(stream)
+
+        done = False
+        try:
+            while True:
+                try:
+                    if context is None:
+                        item = bridge.wait(anext(stream))
+                    else:
+                        item = bridge.wait(asyncio.get_running_loop().create_task(step(), context=context))
+                except StopAsyncIteration:
+                    done = True
+                    return
+                yield item
+        finally:
+            if not done:
+                request.cancellation.cancel()
+                close = getattr(stream, "aclose", None)
+                if close is not None and bridge.inside():
+                    bridge.wait(close())

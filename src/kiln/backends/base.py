@@ -91,6 +91,10 @@ class Backend(ABC):
     config_platform: ClassVar[str] = ""
     #: False for models without instances of their own (ensembles): ``instance_group`` is refused
     has_instances: ClassVar[bool] = True
+    #: PER_REQUEST: ``execute_requests`` may run on the event loop when it is measured fast, in a
+    #: :mod:`kiln.bridge` greenlet: its calls into the core must be the caller's sync methods, which switch to the
+    #: loop there instead of blocking it (an instance attribute where it depends on the model)
+    runs_inline: bool = False
     #: the config parameter that sets the CPU threads (what ``kiln bench --threads`` writes)
     threads_parameter: ClassVar[str] = "intra_op_thread_count"
 

@@ -71,6 +71,7 @@ class Model:
         self.backends = backends  # one per model instance
         self.backend = backends[0]
         self.batched = self.backend.shape is ExecutionShape.BATCHED
+        self.inline_requests = not self.batched and all(b.runs_inline for b in backends)
         self.decoupled = config.model_transaction_policy.decoupled
         self.dependencies = list(self.backend.dependencies())
         self.ensemble = getattr(self.backend, "plan", None)  # an ensemble's graph (kiln.config.ensemble)

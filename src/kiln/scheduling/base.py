@@ -12,12 +12,16 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from kiln import bridge
 from kiln.scheduling.work import Batch, Work
 
 Clock = Callable[[], int]
 ExecutionHook = Callable[[Batch], None]  # called once per execution (statistics)
 
 INLINE_BELOW_NS = 100_000  # executions faster than this run on the event loop: a thread hop costs more
+# Per-request (Python) executions run on the loop below this: Python code holds the GIL, so a worker thread
+# gives it no parallelism with the loop, only the hops; only its waits (sleeps, I/O, big numpy calls) gain.
+INLINE_REQUESTS_BELOW_NS = 1_000_000
 _MEASURED_RUNS = 8  # executions timed on worker threads before inlining is considered
 
 
@@ -27,6 +31,11 @@ class Target(Protocol):
     @property
     def batched(self) -> bool:
         """True: merged tensor batches (``execute``); False: the requests themselves (``execute_requests``)."""
+        ...
+
+    @property
+    def inline_requests(self) -> bool:
+        """Whether ``execute_requests`` may run on the loop, in a :mod:`kiln.bridge` greenlet, when it is fast."""
         ...
 
     def execute(
@@ -49,8 +58,9 @@ class Scheduler(ABC):
         self.instances = instances
         self.executor = executor
         self.on_execution = on_execution
-        # only merged-batch runtimes may run on the loop: a per-request backend can block on other models
-        self.inline_below_ns = inline_below_ns if target.batched else 0
+        # a per-request backend may block on other models: it runs on the loop only where its blocking calls
+        # switch to the loop instead (a bridge greenlet)
+        self.inline_below_ns = inline_below_ns if target.batched or target.inline_requests else 0
         self._runs = 0
         self._avg_ns = 0.0  # moving average of pure execution time
 
@@ -67,20 +77,28 @@ class Scheduler(ABC):
 
     async def _run(self, fn: Callable[..., Any], *args: Any) -> tuple[Any, int]:
         """Execute on a worker thread; or, for a model measured to run in microseconds, inline on the loop,
-        where a thread hop would cost more than the execution itself."""
+        where a thread hop would cost more than the execution itself. Returns the results and the wall time."""
+        foreign = bridge.foreign_waits()
         if self._runs >= _MEASURED_RUNS and self._avg_ns < self.inline_below_ns:
-            results, ns = _timed(fn, *args)
+            if self.target.batched:
+                results, ns, busy = bridge.timed(fn, *args)
+            else:
+                results, ns, busy = await bridge.run(fn, *args)
         else:
             loop = asyncio.get_running_loop()
-            results, ns = await loop.run_in_executor(self.executor, _timed, fn, *args)
+            results, ns, busy = await loop.run_in_executor(self.executor, bridge.timed, fn, *args)
         self._runs += 1
-        # A moving average decides: one execution slowed by the machine (a GC pause, a busy core) must not send
-        # a microsecond model to the thread pool, where every hop costs more than it; a really slow one (10x
-        # the threshold) leaves the loop at once.
-        if ns > 10 * self.inline_below_ns:
-            self._avg_ns = ns
+        if bridge.foreign_waits() != foreign and not self.target.batched:
+            # it may wait for threads of its own that call the core: never on the loop
+            self.inline_below_ns = 0
+        # A moving average of the time the execution itself takes (not the models it waits for) decides: one
+        # execution slowed by the machine (a GC pause, a busy core) must not send a microsecond model to the
+        # thread pool, where every hop costs more than it; a really slow one (10x the threshold) leaves the loop
+        # at once.
+        if busy > 10 * self.inline_below_ns:
+            self._avg_ns = busy
         else:
-            self._avg_ns = 0.9 * self._avg_ns + 0.1 * ns
+            self._avg_ns = 0.9 * self._avg_ns + 0.1 * busy
         return results, ns
 
     async def execute(self, works: list[Work], instance: int, queue_ns: Sequence[int]) -> None:
@@ -144,12 +162,6 @@ class Scheduler(ABC):
         self.on_execution(Batch(size, 0, 0, infer_ns, 0))
         for work, waited in zip(works, queue_ns, strict=True):
             work.timing = Batch(size, waited, 0, infer_ns, 0)
-
-
-def _timed(fn: Callable[..., Any], *args: Any) -> tuple[Any, int]:
-    start = time.perf_counter_ns()
-    results = fn(*args)
-    return results, time.perf_counter_ns() - start
 
 
 def merge(feeds: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:

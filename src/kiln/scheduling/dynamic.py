@@ -20,7 +20,14 @@ import numpy as np
 from kiln.config import int_parameter
 from kiln.config.schema import model_config_pb2
 from kiln.errors import UnavailableError
-from kiln.scheduling.base import INLINE_BELOW_NS, Clock, ExecutionHook, Scheduler, Target
+from kiln.scheduling.base import (
+    INLINE_BELOW_NS,
+    INLINE_REQUESTS_BELOW_NS,
+    Clock,
+    ExecutionHook,
+    Scheduler,
+    Target,
+)
 from kiln.scheduling.direct import DirectScheduler
 from kiln.scheduling.queue import Pending, RequestQueue
 from kiln.scheduling.work import Work
@@ -217,7 +224,7 @@ def make_scheduler(
     on_execution: ExecutionHook,
 ) -> Scheduler:
     """Dynamic batching when the config asks for it and the model batches; else one request per execution."""
-    inline_below_ns = _inline_threshold_ns(config)
+    inline_below_ns = _inline_threshold_ns(config, target.batched)
     if config.HasField("dynamic_batching"):
         if config.max_batch_size > 0:
             options = BatcherOptions.from_config(config)
@@ -231,6 +238,7 @@ def make_scheduler(
     return DirectScheduler(target, instances, executor, on_execution, inline_below_ns)
 
 
-def _inline_threshold_ns(config: model_config_pb2.ModelConfig) -> int:
+def _inline_threshold_ns(config: model_config_pb2.ModelConfig, batched: bool) -> int:
     """``parameters { key: "inline_execution_threshold_us" ... }``: 0 turns inline execution off."""
-    return int_parameter(config, "inline_execution_threshold_us", INLINE_BELOW_NS // 1000) * 1000
+    default = INLINE_BELOW_NS if batched else INLINE_REQUESTS_BELOW_NS
+    return int_parameter(config, "inline_execution_threshold_us", default // 1000) * 1000

@@ -35,6 +35,7 @@ class Merged:
     """A BATCHED target: y = x * 2, remembering each batch's size; ``gate`` can hold it to fill the queue."""
 
     batched = True
+    inline_requests = False
 
     def __init__(self, fn: Fn | None = None) -> None:
         self.sizes: list[int] = []
@@ -63,6 +64,7 @@ class PerRequest:
     """A PER_REQUEST target: answers each request itself; a request with x < 0 gets an error of its own."""
 
     batched = False
+    inline_requests = False
 
     def __init__(self) -> None:
         self.calls: list[int] = []

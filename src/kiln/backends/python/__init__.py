@@ -3,7 +3,7 @@
 Isolation per model (``parameters { key: "KILN_ISOLATION" value: { string_value: "process" } }``):
 
 - ``in-process`` (the default): the instance runs in the server process. No IPC at all; the GIL is shared
-  with the server.
+  with the server. A plain ``def execute`` measured fast runs on the event loop itself (:mod:`kiln.bridge`).
 - ``process``: one worker process per instance (Triton's design), tensors of 64 KiB and more through shared
   memory. A crash or a hang (``KILN_EXECUTE_TIMEOUT_S``) fails only that instance's requests, reports the model
   UNAVAILABLE with the reason, and restarts the worker. ``EXECUTION_ENV_PATH`` (a packed ``.tar.gz`` or an
@@ -70,6 +70,7 @@ class PythonBackend(Backend):
             if self.context.auto_complete:
                 self._merge(self.runner.auto_complete())
             self.runner.initialize()
+            self.runs_inline = self.runner.runs_inline
             self.worker = None
             return
         from kiln.backends.python.process import WorkerProcess

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from kiln.backends.python.shared import TritonModelException, current, state
+from kiln.backends.python.shared import TritonModelException, current_model, state
 from kiln.errors import KilnError
 
 
@@ -36,7 +36,7 @@ class Metric:
         self, family: MetricFamily, labels: dict[str, str] | None = None, buckets: list[float] | None = None
     ) -> None:
         full = dict(labels or {})
-        model = getattr(current, "model", None)
+        model = current_model.get()
         if model is not None:
             full.setdefault("model", model[0])
             full.setdefault("version", model[1])

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import kiln
+from kiln import bridge
 from kiln.backends.base import ModelCaller
 from kiln.backends.python import ipc
 from kiln.errors import InternalError, KilnError, ModelLoadError, UnavailableError
@@ -51,7 +52,10 @@ class WorkerProcess:
         self._batches: dict[int, tuple[threading.Event, list[Any]]] = {}
         self._ids = itertools.count(1)
         self._send_lock = threading.Lock()
-        self._calls = ThreadPoolExecutor(4, thread_name_prefix=f"kiln-python-calls-{name}")
+        # these threads make a worker's model calls; no execute on the loop ever waits for them
+        self._calls = ThreadPoolExecutor(
+            4, thread_name_prefix=f"kiln-python-calls-{name}", initializer=bridge.service_thread
+        )
         self._metric_handles: dict[int, Any] = {}
         self.restarts = 0
         self.completed_config: dict[str, Any] = {}

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+from kiln import bridge
 from kiln.backends.python import pb_utils, shared
 from kiln.errors import InternalError, InvalidArgumentError, KilnError, ModelLoadError
 from kiln.types import InferRequest
@@ -102,29 +103,42 @@ class ModelRunner:
         except Exception as e:
             raise ModelLoadError(f"initialize() failed: {type(e).__name__}: {e}") from None
 
+    @property
+    def runs_inline(self) -> bool:
+        """Whether ``execute`` may run on the server's loop (in a bridge greenlet): a plain ``def`` one may; an
+        ``async def`` one runs on this instance's own loop, on a worker thread."""
+        return self.model is not None and not inspect.iscoroutinefunction(self.model.execute)
+
     def call(self, fn: Any, *args: Any) -> Any:
-        """Run a model method; an ``async def`` one on this instance's own event loop."""
-        previous = getattr(shared.current, "model", None)
-        shared.current.model = (self.name, self.version)
+        """Run a model method; an ``async def`` one on this instance's own event loop (or, returned by a plain
+        method running on the server's loop, awaited by that loop)."""
+        token = shared.current_model.set((self.name, self.version))
         try:
             result = fn(*args)
             if inspect.isawaitable(result):
+                if bridge.inside():
+                    return bridge.wait(result)
                 if self._loop is None:
                     self._loop = asyncio.new_event_loop()
                 result = self._loop.run_until_complete(result)
             return result
         finally:
-            shared.current.model = previous
+            shared.current_model.reset(token)
 
     def execute(self, works: Sequence[Request]) -> None:
         """Run ``execute(requests)`` and answer each request: from its return value, or (decoupled models, or
         models returning None) through the response senders the model used."""
         requests = [self._request(w) for w in works]
-        with self._lock:  # one execute at a time per instance, as Triton's stub runs them
-            try:
-                responses = self.call(self.model.execute, requests)
-            except Exception as e:
-                raise InternalError(self.failure(f"{type(e).__name__}: {e}")) from None
+        # one execute at a time per instance, as Triton's stub runs them (the scheduler gives an instance one batch
+        # at a time; on the loop, a lock held by a suspended greenlet must never be waited for)
+        if not self._lock.acquire(blocking=not bridge.inside()):
+            raise InternalError(self.failure("the instance is already executing"))
+        try:
+            responses = self.call(self.model.execute, requests)
+        except Exception as e:
+            raise InternalError(self.failure(f"{type(e).__name__}: {e}")) from None
+        finally:
+            self._lock.release()
         if self.decoupled or responses is None:
             return
         if not isinstance(responses, list | tuple) or len(responses) != len(works):

@@ -1,13 +1,16 @@
 """What pb_utils and its companion modules share: Triton's exception types and the per-process state (the model
-caller and metrics registry, set when a Python model loads; the model running on this thread)."""
+caller and metrics registry, set when a Python model loads; the model running in this context)."""
 
 from __future__ import annotations
 
-import threading
+import contextvars
 from typing import Any
 
 state: dict[str, Any] = {"caller": None, "metrics": None}
-current = threading.local()  # .model = (name, version) while a model's initialize/execute runs on this thread
+# (name, version) while a model's initialize/execute runs (on a worker thread, or in a greenlet on the loop)
+current_model: contextvars.ContextVar[tuple[str, str] | None] = contextvars.ContextVar(
+    "kiln_python_model", default=None
+)
 
 
 class TritonError(Exception):
