@@ -61,46 +61,51 @@ def wait(awaitable: Awaitable[Any]) -> Any:
     return current.parent.switch(awaitable)
 
 
-async def run(fn: Callable[..., Any], *args: Any) -> tuple[Any, int, int]:
-    """``fn(*args)`` on this thread, in a bridge greenlet; returns its result, the wall time and the time it ran
-    (without the time its :func:`wait` calls took)."""
+async def run(fn: Callable[..., Any], *args: Any) -> tuple[Any, int, int, int]:
+    """``fn(*args)`` on this thread, in a bridge greenlet; returns its result, the wall time, the time it ran
+    (without the time its :func:`wait` calls took) and the CPU time this thread used meanwhile (less than the
+    time it ran when it sleeps or waits for I/O)."""
     start = time.perf_counter_ns()
+    cpu_start = time.thread_time_ns()
     task = _Bridge(fn)
-    busy = 0
-    resumed = start
+    busy = cpu = 0
+    resumed, cpu_resumed = start, cpu_start
     try:
         _state["segment"] = time.perf_counter()
         pending = task.switch(*args)
         while not task.dead:
             busy += time.perf_counter_ns() - resumed
+            cpu += time.thread_time_ns() - cpu_resumed
             _state["segment"] = 0.0
             try:
                 value = await pending
             except BaseException as e:  # the awaited call's error is raised where the greenlet waits for it
-                resumed = time.perf_counter_ns()
+                resumed, cpu_resumed = time.perf_counter_ns(), time.thread_time_ns()
                 _state["segment"] = time.perf_counter()
                 pending = task.throw(e)
             else:
-                resumed = time.perf_counter_ns()
+                resumed, cpu_resumed = time.perf_counter_ns(), time.thread_time_ns()
                 _state["segment"] = time.perf_counter()
                 pending = task.switch(value)
     finally:
         _state["segment"] = 0.0
     end = time.perf_counter_ns()
-    return pending, end - start, busy + end - resumed
+    return pending, end - start, busy + end - resumed, cpu + time.thread_time_ns() - cpu_resumed
 
 
-def timed(fn: Callable[..., Any], *args: Any) -> tuple[Any, int, int]:
-    """On a worker thread: ``fn(*args)``, the wall time, and the time without its waits for the loop."""
+def timed(fn: Callable[..., Any], *args: Any) -> tuple[Any, int, int, int]:
+    """On a worker thread: ``fn(*args)``, the wall time, the time without its waits for the loop, and the CPU
+    time this thread used meanwhile."""
     waited = getattr(_local, "ns", 0)
     _local.executing = True
+    cpu = time.thread_time_ns()
     start = time.perf_counter_ns()
     try:
         results = fn(*args)
     finally:
         _local.executing = False
     ns = time.perf_counter_ns() - start
-    return results, ns, ns - (getattr(_local, "ns", 0) - waited)
+    return results, ns, ns - (getattr(_local, "ns", 0) - waited), time.thread_time_ns() - cpu
 
 
 def result(future: concurrent.futures.Future[T]) -> T:

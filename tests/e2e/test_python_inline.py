@@ -85,6 +85,7 @@ class TritonPythonModel:
 """
 
 SLOW = """
+import json
 import threading
 import time
 import numpy as np
@@ -92,8 +93,11 @@ import triton_python_backend_utils as pb_utils
 
 
 class TritonPythonModel:
+    def initialize(self, args):
+        self.seconds = float(json.loads(args["model_config"])["parameters"]["SLEEP_S"]["string_value"])
+
     def execute(self, requests):
-        time.sleep(0.003)
+        time.sleep(self.seconds)
         thread = np.array([threading.current_thread().name.encode()], dtype=np.object_)
         return [pb_utils.InferenceResponse([pb_utils.Tensor("THREAD", thread)]) for _ in requests]
 """
@@ -102,6 +106,11 @@ BLS_CONFIG = """backend: "python" max_batch_size: 0
 input [{ name: "IN" data_type: TYPE_FP32 dims: [4] }]
 output [{ name: "OUTPUT0" data_type: TYPE_FP32 dims: [4] }, { name: "STREAMED" data_type: TYPE_INT32 dims: [1] },
         { name: "THREAD" data_type: TYPE_STRING dims: [1] }]
+"""
+SLOW_CONFIG = """backend: "python" max_batch_size: 0
+input [{{ name: "IN" data_type: TYPE_FP32 dims: [4] }}]
+output [{{ name: "THREAD" data_type: TYPE_STRING dims: [1] }}]
+parameters {{ key: "SLEEP_S" value: {{ string_value: "{seconds}" }} }}
 """
 CONFIGS = {
     "bls_a_py": (BLS, BLS_CONFIG),
@@ -115,13 +124,8 @@ input [{ name: "N" data_type: TYPE_INT32 dims: [1] }]
 output [{ name: "OUT" data_type: TYPE_INT32 dims: [1] }]
 """,
     ),
-    "slow_py": (
-        SLOW,
-        """backend: "python" max_batch_size: 0
-input [{ name: "IN" data_type: TYPE_FP32 dims: [4] }]
-output [{ name: "THREAD" data_type: TYPE_STRING dims: [1] }]
-""",
-    ),
+    "slow_py": (SLOW, SLOW_CONFIG.format(seconds=0.003)),  # over the 1 ms threshold
+    "waiting_py": (SLOW, SLOW_CONFIG.format(seconds=0.0003)),  # under it, but asleep most of its time
 }
 LOOP_THREAD = "MainThread"  # kiln serve runs its event loop on the main thread
 
@@ -224,6 +228,15 @@ def test_a_slow_model_stays_on_worker_threads(server: KilnProcess) -> None:
     client = httpclient.InferenceServerClient(server.http_url)
     threads = {_thread(_infer(client, "slow_py", np.ones(4, np.float32))) for _ in range(20)}
     assert LOOP_THREAD not in threads
+
+
+def test_a_model_that_mostly_waits_goes_back_to_worker_threads(server: KilnProcess) -> None:
+    """0.3 ms of sleep is under the threshold, so it runs on the loop for a while; its CPU time there is a small
+    part of the time it holds the loop, so it goes back to worker threads, where the loop runs meanwhile."""
+    client = httpclient.InferenceServerClient(server.http_url)
+    threads = [_thread(_infer(client, "waiting_py", np.ones(4, np.float32))) for _ in range(60)]
+    assert LOOP_THREAD in threads[:30], threads
+    assert LOOP_THREAD not in threads[-20:], threads
 
 
 def test_inline_execution_can_be_turned_off(tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ INLINE_BELOW_NS = 100_000  # executions faster than this run on the event loop: 
 # gives it no parallelism with the loop, only the hops; only its waits (sleeps, I/O, big numpy calls) gain.
 INLINE_REQUESTS_BELOW_NS = 1_000_000
 _MEASURED_RUNS = 8  # executions timed on worker threads before inlining is considered
+_MIN_CPU_SHARE = 0.5  # a per-request execution on the loop using less of its time in CPU goes back to threads
 
 
 class Target(Protocol):
@@ -63,6 +64,8 @@ class Scheduler(ABC):
         self.inline_below_ns = inline_below_ns if target.batched or target.inline_requests else 0
         self._runs = 0
         self._avg_ns = 0.0  # moving average of pure execution time
+        self._loop_runs = 0  # per-request executions run on the loop (bridge) so far
+        self._cpu_share = 1.0  # their moving average of CPU time / time run
 
     @abstractmethod
     async def submit(self, work: Work) -> None:
@@ -81,12 +84,18 @@ class Scheduler(ABC):
         foreign = bridge.foreign_waits()
         if self._runs >= _MEASURED_RUNS and self._avg_ns < self.inline_below_ns:
             if self.target.batched:
-                results, ns, busy = bridge.timed(fn, *args)
+                results, ns, busy, _ = bridge.timed(fn, *args)
             else:
-                results, ns, busy = await bridge.run(fn, *args)
+                results, ns, busy, cpu = await bridge.run(fn, *args)
+                self._loop_runs += 1
+                self._cpu_share = 0.9 * self._cpu_share + 0.1 * (cpu / busy if busy else 1.0)
+                if self._loop_runs >= _MEASURED_RUNS and self._cpu_share < _MIN_CPU_SHARE:
+                    # it mostly waits (sleeps, I/O) while it holds the loop: on a worker thread the loop runs
+                    # meanwhile
+                    self.inline_below_ns = 0
         else:
             loop = asyncio.get_running_loop()
-            results, ns, busy = await loop.run_in_executor(self.executor, bridge.timed, fn, *args)
+            results, ns, busy, _ = await loop.run_in_executor(self.executor, bridge.timed, fn, *args)
         self._runs += 1
         if bridge.foreign_waits() != foreign and not self.target.batched:
             # it may wait for threads of its own that call the core: never on the loop
