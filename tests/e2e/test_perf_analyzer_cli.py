@@ -39,10 +39,11 @@ def test_perf_analyzer_measures_a_kiln_model(test_repo: Path, tmp_path: Path) ->
     why = _runnable()
     if why:
         pytest.skip(f"perf_analyzer cannot run here (`make bench-setup` makes it): {why}")
+    # up to 10 windows: on a busy 2-core machine three in a row are not always within 50 % of each other
     with KilnProcess([test_repo], "--strict-readiness", "false", log_dir=tmp_path) as server:
         out = subprocess.run(
             [sys.executable, "-m", "kiln", "perf-analyzer", "-m", "add_sub", "-u", server.grpc_url, "-i", "grpc",
-             "--concurrency-range", "1", "--measurement-interval", "500", "--max-trials", "3", "-s", "50"],
+             "--concurrency-range", "1", "--measurement-interval", "500", "--max-trials", "10", "-s", "50"],
             capture_output=True, text=True, timeout=90,
         )  # fmt: skip
     assert out.returncode == 0, out.stdout + out.stderr

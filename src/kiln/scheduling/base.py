@@ -64,8 +64,10 @@ class Scheduler(ABC):
         self.inline_below_ns = inline_below_ns if target.batched or target.inline_requests else 0
         self._runs = 0
         self._avg_ns = 0.0  # moving average of pure execution time
-        self._loop_runs = 0  # per-request executions run on the loop (bridge) so far
+        self._inline_from = _MEASURED_RUNS  # executions before the loop is considered (again)
+        self._loop_runs = 0  # per-request executions run on the loop (bridge) since it was last considered
         self._cpu_share = 1.0  # their moving average of CPU time / time run
+        self._backoffs = 0  # times a per-request model went back to threads for waiting on the loop
 
     @abstractmethod
     async def submit(self, work: Work) -> None:
@@ -82,17 +84,11 @@ class Scheduler(ABC):
         """Execute on a worker thread; or, for a model measured to run in microseconds, inline on the loop,
         where a thread hop would cost more than the execution itself. Returns the results and the wall time."""
         foreign = bridge.foreign_waits()
-        if self._runs >= _MEASURED_RUNS and self._avg_ns < self.inline_below_ns:
+        if self._runs >= self._inline_from and self._avg_ns < self.inline_below_ns:
             if self.target.batched:
                 results, ns, busy, _ = bridge.timed(fn, *args)
             else:
-                results, ns, busy, cpu = await bridge.run(fn, *args)
-                self._loop_runs += 1
-                self._cpu_share = 0.9 * self._cpu_share + 0.1 * (cpu / busy if busy else 1.0)
-                if self._loop_runs >= _MEASURED_RUNS and self._cpu_share < _MIN_CPU_SHARE:
-                    # it mostly waits (sleeps, I/O) while it holds the loop: on a worker thread the loop runs
-                    # meanwhile
-                    self.inline_below_ns = 0
+                results, ns, busy = await self._run_on_loop(fn, *args)
         else:
             loop = asyncio.get_running_loop()
             results, ns, busy, _ = await loop.run_in_executor(self.executor, bridge.timed, fn, *args)
@@ -109,6 +105,22 @@ class Scheduler(ABC):
         else:
             self._avg_ns = 0.9 * self._avg_ns + 0.1 * busy
         return results, ns
+
+    async def _run_on_loop(self, fn: Callable[..., Any], *args: Any) -> tuple[Any, int, int]:
+        """A per-request execution in a bridge greenlet. One that mostly waits (sleeps, I/O) while it holds the
+        loop goes back to worker threads, where the loop runs meanwhile; it is tried on the loop again after 4x
+        as many executions each time (a burst of load on the machine looks like waiting for a while too)."""
+        # the CPU share is sampled (its clock is a system call): every execution at first, then one in 4
+        sample = self._loop_runs < 2 * _MEASURED_RUNS or self._loop_runs % 4 == 0
+        results, ns, busy, cpu = await bridge.run(fn, *args, cpu=sample)
+        self._loop_runs += 1
+        if sample:
+            self._cpu_share = 0.9 * self._cpu_share + 0.1 * (cpu / busy if busy else 1.0)
+        if self._loop_runs >= _MEASURED_RUNS and self._cpu_share < _MIN_CPU_SHARE:
+            self._backoffs += 1
+            self._inline_from = self._runs + 1 + _MEASURED_RUNS * 4**self._backoffs
+            self._loop_runs, self._cpu_share = 0, 1.0
+        return results, ns, busy
 
     async def execute(self, works: list[Work], instance: int, queue_ns: Sequence[int]) -> None:
         """Run one scheduled batch on ``instance``; every request is answered through its sender."""
