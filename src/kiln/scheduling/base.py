@@ -108,8 +108,9 @@ class Scheduler(ABC):
 
     async def _run_on_loop(self, fn: Callable[..., Any], *args: Any) -> tuple[Any, int, int]:
         """A per-request execution in a bridge greenlet. One that mostly waits (sleeps, I/O) while it holds the
-        loop goes back to worker threads, where the loop runs meanwhile; it is tried on the loop again after 4x
-        as many executions each time (a burst of load on the machine looks like waiting for a while too)."""
+        loop goes back to worker threads, where the loop runs meanwhile; it is tried on the loop again after 32
+        executions, then 128, then 512 each time: a burst of load on the machine (other processes, a VM's stolen
+        time) looks like waiting too, and must not keep a fast model off the loop for long."""
         # the CPU share is sampled (its clock is a system call): every execution at first, then one in 4
         sample = self._loop_runs < 2 * _MEASURED_RUNS or self._loop_runs % 4 == 0
         results, ns, busy, cpu = await bridge.run(fn, *args, cpu=sample)
@@ -118,7 +119,7 @@ class Scheduler(ABC):
             self._cpu_share = 0.9 * self._cpu_share + 0.1 * (cpu / busy if busy else 1.0)
         if self._loop_runs >= _MEASURED_RUNS and self._cpu_share < _MIN_CPU_SHARE:
             self._backoffs += 1
-            self._inline_from = self._runs + 1 + _MEASURED_RUNS * 4**self._backoffs
+            self._inline_from = self._runs + 1 + _MEASURED_RUNS * 4 ** min(self._backoffs, 3)
             self._loop_runs, self._cpu_share = 0, 1.0
         return results, ns, busy
 
