@@ -136,10 +136,13 @@ import triton_python_backend_utils as pb_utils
 
 class TritonPythonModel:
     def initialize(self, args):
-        requests = pb_utils.MetricFamily("kiln_test_requests", "requests seen", pb_utils.MetricFamily.COUNTER)
-        sizes = pb_utils.MetricFamily("kiln_test_sizes", "input sizes", pb_utils.MetricFamily.HISTOGRAM)
+        # the kinds spelled the three ways Triton's stub exports them
+        requests = pb_utils.MetricFamily("kiln_test_requests", "requests seen", pb_utils.COUNTER)
+        sizes = pb_utils.MetricFamily("kiln_test_sizes", "input sizes", pb_utils.MetricKind.HISTOGRAM)
+        last = pb_utils.MetricFamily("kiln_test_last", "last input size", pb_utils.MetricFamily.GAUGE)
         self.count = requests.Metric(labels={"kind": "all"})
         self.sizes = sizes.Metric(labels={"kind": "all"}, buckets=[1.0, 10.0])
+        self.last = last.Metric(labels={"kind": "all"})
 
     def execute(self, requests):
         out = []
@@ -147,6 +150,7 @@ class TritonPythonModel:
             x = pb_utils.get_input_tensor_by_name(request, "IN").as_numpy()
             self.count.increment(1)
             self.sizes.observe(float(x.size))
+            self.last.set(float(x.size))
             ready = pb_utils.is_model_ready("add_sub_onnx")
             try:
                 pb_utils.load_model("add_sub_onnx")
@@ -371,6 +375,8 @@ def test_custom_metrics_are_exported_with_model_labels(server: KilnProcess) -> N
     hist = families["kiln_test_sizes"]
     buckets = {s.labels["le"]: s.value for s in hist.samples if s.name.endswith("_bucket")}
     assert hist.type == "histogram" and buckets == {"1.0": 0, "10.0": 2, "+Inf": 2}
+    assert families["kiln_test_last"].type == "gauge"
+    assert 'kiln_test_last{kind="all",model="metrics_py",version="1"} 3\n' in text
 
 
 def test_models_load_other_models_in_explicit_mode(tmp_path: Path) -> None:

@@ -4,19 +4,13 @@ beside Triton's own. Counters, gauges and histograms; each metric of a family is
 from __future__ import annotations
 
 import bisect
-import enum
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 
 from prometheus_client.core import HistogramMetricFamily, Metric
 
 from kiln.errors import InvalidArgumentError
-
-
-class MetricKind(enum.IntEnum):  # Triton's numbering (pb_utils.MetricFamily.COUNTER, GAUGE, HISTOGRAM)
-    COUNTER = 0
-    GAUGE = 1
-    HISTOGRAM = 2
+from kiln.stats.kinds import MetricKind
 
 
 class CustomMetric:

@@ -7,15 +7,20 @@ from typing import Any
 
 from kiln.backends.python.shared import TritonModelException, current_model, state
 from kiln.errors import KilnError
+from kiln.stats.kinds import MetricKind
+
+# Triton's stub exports the kinds three ways, and models use all three: pb_utils.MetricKind.COUNTER,
+# pb_utils.COUNTER and pb_utils.MetricFamily.COUNTER.
+COUNTER, GAUGE, HISTOGRAM = MetricKind.COUNTER, MetricKind.GAUGE, MetricKind.HISTOGRAM
 
 
 class MetricFamily:
     """A custom metric family on Kiln's /metrics. Each ``Metric`` is one label set; ``model`` and ``version``
     labels are added from the model that creates it unless given."""
 
-    COUNTER = 0
-    GAUGE = 1
-    HISTOGRAM = 2
+    COUNTER = MetricKind.COUNTER
+    GAUGE = MetricKind.GAUGE
+    HISTOGRAM = MetricKind.HISTOGRAM
 
     def __init__(self, name: str, description: str, kind: int) -> None:
         registry = state.get("metrics")

@@ -356,9 +356,12 @@ def is_model_ready(model_name: str, model_version: str = "") -> bool:
 
 # The rest of Triton's module surface, kept in their own files.
 from kiln.backends.python.autocomplete import ModelConfig  # noqa: E402
-from kiln.backends.python.metrics import Metric, MetricFamily  # noqa: E402
+from kiln.backends.python.metrics import COUNTER, GAUGE, HISTOGRAM, Metric, MetricFamily, MetricKind  # noqa: E402
 
 __all__ = [
+    "COUNTER",
+    "GAUGE",
+    "HISTOGRAM",
     "TRITONSERVER_REQUEST_FLAG_SEQUENCE_END",
     "TRITONSERVER_REQUEST_FLAG_SEQUENCE_START",
     "TRITONSERVER_REQUEST_RELEASE_RESCHEDULE",
@@ -368,6 +371,7 @@ __all__ = [
     "Logger",
     "Metric",
     "MetricFamily",
+    "MetricKind",
     "ModelConfig",
     "Tensor",
     "TritonError",
