@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import os
 from collections.abc import Sequence
@@ -53,3 +54,15 @@ class Triton:
             "--allow-gpu-metrics", "false",  # no GPU here: spares the DCGM start-up attempt
             *extra_args,
         ]  # fmt: skip
+
+
+def add_triton_options(parser: argparse.ArgumentParser) -> None:
+    """--triton-venv and --triton-backends: where bench/setup_triton.sh put Triton ($TRITON_VENV, $TRITON_BACKENDS)."""
+    parser.add_argument(
+        "--triton-venv", type=Path, default=Path(os.environ.get("TRITON_VENV", "/tmp/pytriton-venv"))
+    )
+    parser.add_argument(
+        "--triton-backends",
+        type=Path,
+        default=Path(os.environ.get("TRITON_BACKENDS", "/tmp/triton-backends")),
+    )

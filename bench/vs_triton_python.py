@@ -79,7 +79,7 @@ from _python_models import (
     build_repositories,
     check_outputs,
 )
-from _triton import Triton
+from _triton import Triton, add_triton_options
 from _vs_triton_tables import (
     KILN,
     TRITON,
@@ -373,14 +373,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--fresh-only", action="store_true", help="only the cold starts and memory (no perf_analyzer runs)"
     )
-    parser.add_argument(
-        "--triton-venv", type=Path, default=Path(os.environ.get("TRITON_VENV", "/tmp/pytriton-venv"))
-    )
-    parser.add_argument(
-        "--triton-backends",
-        type=Path,
-        default=Path(os.environ.get("TRITON_BACKENDS", "/tmp/triton-backends")),
-    )
+    add_triton_options(parser)
     add_output_options(parser, "vs_triton_python")
     args = parser.parse_args(argv)
     if args.rounds < 3:
