@@ -43,6 +43,9 @@ class TritonPythonModel:
             responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("OUT", out)]))
         return responses
 """
+# the same call without trace=: Triton traces it as a request of its own, not as the caller's child
+BLS_UNTRACED = BLS.replace(", trace=request.trace())", ")")
+assert BLS_UNTRACED != BLS
 BLS_CONFIG = """max_batch_size: 8
 input [ { name: "IN" data_type: TYPE_FP32 dims: [ 4 ] } ]
 output [ { name: "OUT" data_type: TYPE_FP32 dims: [ 4 ] } ]
@@ -55,6 +58,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_add_sub(repo, "add_sub")
     write_ensemble(repo, "chain", CHAIN.format(name="chain", mbs=8, first="add_sub", second="add_sub"))
     write_python(repo, "bls", BLS, BLS_CONFIG)
+    write_python(repo, "bls_untraced", BLS_UNTRACED, BLS_CONFIG)
     return repo
 
 
@@ -194,6 +198,29 @@ def test_ensemble_steps_and_bls_calls_are_child_traces(repo: Path, tmp_path: Pat
             bls = _traces(Path(f"{file}.{n}"))
             (caller,) = [i for i, t in bls.items() if t["model_name"] == "bls"]
             assert [t["model_name"] for t in bls.values() if t.get("parent_id") == caller] == ["add_sub"]
+
+
+def test_a_bls_call_without_the_requests_trace_is_a_trace_of_its_own(repo: Path, tmp_path: Path) -> None:
+    """On worker threads and on the event loop alike (the model moves there after its first executions), a BLS
+    call made without trace=request.trace() is not linked to the caller's trace."""
+    file = tmp_path / "trace.json"
+    args = ["--trace-config", "level=TIMESTAMPS", "--trace-config", "rate=1",
+            "--trace-config", f"triton,file={file}", "--trace-config", "triton,log-frequency=1"]  # fmt: skip
+    calls = 15
+    with KilnProcess([repo], *args, log_dir=tmp_path) as proc:
+        http = httpclient.InferenceServerClient(proc.http_url)
+        for _ in range(calls):
+            http.infer("bls_untraced", _inputs(httpclient, ("IN",)))
+
+        def written() -> list[dict[str, Any]]:
+            found = [t for f in tmp_path.glob("trace.json.*") for t in _traces(f).values()]
+            return found if len(found) >= 2 * calls else []
+
+        wait_until(lambda: bool(written()), 10, "the trace files of every caller and callee")
+        traces = written()
+    assert sorted({t["model_name"] for t in traces}) == ["add_sub", "bls_untraced"]
+    assert sum(t["model_name"] == "add_sub" for t in traces) == calls
+    assert [t for t in traces if t.get("parent_id") is not None] == []
 
 
 # -- OpenTelemetry ---------------------------------------------------------------------------------------------
