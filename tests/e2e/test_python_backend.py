@@ -185,6 +185,53 @@ class TritonPythonModel:
         return out
 """
 
+# the rest of Triton's module surface: byte-tensor helpers, type numbers, log levels, the DLPack protocol, BLS
+# flags and preferred memory, a decoupled BLS call cancelled after its first response, rescheduling refused
+SURFACE = """
+import json
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            text = pb_utils.get_input_tensor_by_name(request, "TEXT").as_numpy()
+            packed = pb_utils.serialize_byte_tensor(text)
+            back = pb_utils.deserialize_bytes_tensor(packed)
+            pb_utils.Logger.log("surface check", pb_utils.Logger.LogLevel.INFO)
+            call = pb_utils.InferenceRequest(
+                model_name="repeat_py", requested_output_names=["OUT"],
+                inputs=[pb_utils.Tensor("N", np.array([5], np.int32))],
+                preferred_memory=pb_utils.PreferredMemory(pb_utils.TRITONSERVER_MEMORY_CPU, 0))
+            call.set_flags(0)
+            stream = call.exec(decoupled=True)
+            first = next(stream)
+            stream.cancel()
+            try:
+                request.set_release_flags(pb_utils.TRITONSERVER_REQUEST_RELEASE_RESCHEDULE)
+                reschedule = "accepted"
+            except pb_utils.TritonModelException as e:
+                reschedule = str(e)
+            request.set_release_flags(pb_utils.TRITONSERVER_REQUEST_RELEASE_ALL)
+            note = {
+                "packed": len(packed), "back": [b.decode() for b in back],
+                "empty": pb_utils.serialize_byte_tensor(np.array([], dtype=np.object_)) == (),
+                "fp32": pb_utils.triton_to_numpy_type(11).__name__,
+                "int32": pb_utils.numpy_to_triton_type(np.int32),
+                "bytes": pb_utils.numpy_to_triton_type(np.object_),
+                "dlpack": np.from_dlpack(pb_utils.Tensor("X", np.arange(3, dtype=np.float32))).tolist(),
+                "first": int(pb_utils.get_output_tensor_by_name(first, "OUT").as_numpy()[0]),
+                "after_cancel": len(list(stream)),
+                "iterator": isinstance(stream, pb_utils.ResponseIterator),
+                "reschedule": reschedule,
+            }
+            out = np.array([json.dumps(note).encode()], dtype=np.object_)
+            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("NOTE", out)]))
+        return responses
+"""
+
 IO = 'input [{ name: "INPUT0" data_type: TYPE_FP32 dims: [4] }, { name: "INPUT1" data_type: TYPE_FP32 dims: [4] }]'
 CONFIGS: dict[str, tuple[str, str | None]] = {
     "add_sub_py": (
@@ -225,6 +272,12 @@ instance_group [{ count: 2 kind: KIND_CPU }]""",
         """backend: "python" max_batch_size: 0
 input [{ name: "N" data_type: TYPE_INT32 dims: [1] }]
 output [{ name: "SUM" data_type: TYPE_INT32 dims: [1] }]""",
+    ),
+    "surface_py": (
+        SURFACE,
+        """backend: "python" max_batch_size: 0
+input [{ name: "TEXT" data_type: TYPE_STRING dims: [-1] }]
+output [{ name: "NOTE" data_type: TYPE_STRING dims: [1] }]""",
     ),
     "broken_py": (
         BROKEN,
@@ -409,3 +462,18 @@ def test_decoupled_bls_with_a_bytes_model_name_and_an_int64_output(server: KilnP
     n.set_data_from_numpy(np.array([4], np.int32))
     result = httpclient.InferenceServerClient(server.http_url).infer("bls_decoupled_py", [n])
     assert result.as_numpy("SUM").dtype == np.int32 and int(result.as_numpy("SUM")[0]) == 0 + 1 + 2 + 3
+
+
+def test_the_rest_of_triton_s_module_surface(server: KilnProcess) -> None:
+    import json
+
+    text = httpclient.InferInput("TEXT", [3], "BYTES")
+    text.set_data_from_numpy(np.array([b"ab", "h\u00e9".encode(), b""], dtype=np.object_))
+    client = httpclient.InferenceServerClient(server.http_url)
+    for _ in range(12):  # on worker threads first, then (in-process) on the event loop
+        note = json.loads(client.infer("surface_py", [text]).as_numpy("NOTE")[0])
+        assert note["back"] == ["ab", "h\u00e9", ""] and note["packed"] == 3 * 4 + 2 + 3 and note["empty"]
+        assert (note["fp32"], note["int32"], note["bytes"]) == ("float32", 8, 13)
+        assert note["dlpack"] == [0.0, 1.0, 2.0]
+        assert note["first"] == 0 and note["after_cancel"] == 0 and note["iterator"]
+        assert "rescheduling" in note["reschedule"] and "not implemented" in note["reschedule"]

@@ -8,6 +8,7 @@ Tensors are numpy arrays (BYTES as object arrays of ``bytes``, as Triton gives t
 from __future__ import annotations
 
 import asyncio
+import enum
 import json
 import logging
 from collections.abc import AsyncIterator, Iterator
@@ -18,14 +19,54 @@ import numpy as np
 from kiln.backends.python.shared import TritonError, TritonModelException, state
 from kiln.errors import KilnError
 from kiln.tracing.context import run_in_trace
-from kiln.types import InferRequest, InputTensor, RequestedOutput, datatypes
+from kiln.types import InferRequest, InputTensor, RequestedOutput, datatypes, tensors
 
 TRITONSERVER_RESPONSE_COMPLETE_FINAL = 1
 TRITONSERVER_REQUEST_FLAG_SEQUENCE_START = 1
 TRITONSERVER_REQUEST_FLAG_SEQUENCE_END = 2
+TRITONSERVER_REQUEST_RELEASE_ALL = 1
 TRITONSERVER_REQUEST_RELEASE_RESCHEDULE = 2
 
 _log = logging.getLogger("kiln.python_model")
+
+
+class MemoryType(enum.IntEnum):
+    TRITONSERVER_MEMORY_GPU = 0
+    TRITONSERVER_MEMORY_CPU = 1
+
+
+TRITONSERVER_MEMORY_GPU, TRITONSERVER_MEMORY_CPU = (
+    MemoryType.TRITONSERVER_MEMORY_GPU,
+    MemoryType.TRITONSERVER_MEMORY_CPU,
+)
+
+
+class PreferredMemory:
+    """Where a BLS call's outputs should live. Kiln's Python backend keeps every tensor in CPU memory: a GPU
+    preference is accepted (the model may run on a GPU machine under Triton) and warned about once; the outputs
+    come back as numpy arrays (``Tensor.is_cpu()`` is True)."""
+
+    def __init__(self, preferred_memory_type: int, preferred_device_id: int = 0) -> None:
+        self.preferred_memory_type = MemoryType(preferred_memory_type)
+        self.preferred_device_id = int(preferred_device_id)
+
+
+_warned_gpu_memory = False
+
+
+def _check_preferred_memory(preferred: Any) -> None:
+    global _warned_gpu_memory
+    if preferred is None:
+        return
+    if not isinstance(preferred, PreferredMemory):
+        raise TritonModelException(
+            f"preferred_memory must be a pb_utils.PreferredMemory, got {type(preferred).__name__}"
+        )
+    if preferred.preferred_memory_type is MemoryType.TRITONSERVER_MEMORY_GPU and not _warned_gpu_memory:
+        _warned_gpu_memory = True
+        _log.warning(
+            "PreferredMemory(TRITONSERVER_MEMORY_GPU): Kiln's Python backend returns BLS outputs in CPU memory"
+        )
 
 
 class Tensor:
@@ -57,6 +98,12 @@ class Tensor:
 
     def to_dlpack(self) -> Any:
         return self._data.__dlpack__()
+
+    def __dlpack__(self, stream: Any = None) -> Any:
+        return self._data.__dlpack__()
+
+    def __dlpack_device__(self) -> tuple[int, int]:
+        return self._data.__dlpack_device__()
 
     @staticmethod
     def from_dlpack(name: str, capsule: Any) -> Tensor:
@@ -114,6 +161,7 @@ class InferenceRequest:
         self._timeout = timeout
         self._model_version = model_version
         self._parameters = json.loads(parameters) if isinstance(parameters, str) else dict(parameters or {})
+        _check_preferred_memory(preferred_memory)
         self._sender: Any = None  # set by Kiln for requests given to execute
         self._trace = trace  # an InferenceTrace (request.trace()): this BLS call is traced as its child
         self._cancelled: Any = None
@@ -129,6 +177,18 @@ class InferenceRequest:
 
     def flags(self) -> int:
         return self._flags
+
+    def set_flags(self, flags: int) -> None:
+        self._flags = int(flags)
+
+    def set_release_flags(self, flags: int) -> None:
+        """TRITONSERVER_REQUEST_RELEASE_ALL is what every request gets anyway; rescheduling is refused."""
+        if flags & TRITONSERVER_REQUEST_RELEASE_RESCHEDULE:
+            raise TritonModelException(
+                "request rescheduling (TRITONSERVER_REQUEST_RELEASE_RESCHEDULE) is not implemented in Kiln"
+            )
+        if flags != TRITONSERVER_REQUEST_RELEASE_ALL:
+            raise TritonModelException(f"unknown request release flags {flags}")
 
     def timeout(self) -> int:
         return self._timeout
@@ -179,11 +239,11 @@ class InferenceRequest:
         caller = _caller()
         try:
             if decoupled:
-                return _responses(caller.stream_sync(self._kiln_request()))
+                return ResponseIterator(_responses(caller.stream_sync(self._kiln_request())))
             return _response(run_in_trace(self._traced(), caller.infer_sync, self._kiln_request()))
         except KilnError as e:
             error = InferenceResponse(error=TritonError(e.message))
-            return iter([error]) if decoupled else error
+            return ResponseIterator(iter([error])) if decoupled else error
 
     async def async_exec(self, decoupled: bool = False) -> Any:
         caller = _caller()
@@ -246,6 +306,29 @@ def _responses(stream: Iterator[Any]) -> Iterator[InferenceResponse]:
         yield InferenceResponse(error=TritonError(e.message))
 
 
+class ResponseIterator:
+    """What ``exec(decoupled=True)`` returns: the callee's responses as they come; ``cancel()`` cancels the call
+    (the callee sees ``is_cancelled()``) and ends the iteration."""
+
+    def __init__(self, responses: Iterator[InferenceResponse]) -> None:
+        self._responses = responses
+
+    def __iter__(self) -> ResponseIterator:
+        return self
+
+    def __next__(self) -> InferenceResponse:
+        return next(self._responses)
+
+    def cancel(self) -> None:
+        close = getattr(self._responses, "close", None)
+        if close is not None:
+            close()
+
+
+class InferenceResponseSender:
+    """Triton's name for the type ``request.get_response_sender()`` returns (``send``, ``is_cancelled``)."""
+
+
 class _Responses:
     """What ``await async_exec(decoupled=True)`` returns: the responses, iterable with ``for`` (as Triton's) and
     with ``async for``."""
@@ -295,6 +378,52 @@ def triton_string_to_numpy(triton_type_string: str) -> Any:
     return np.object_ if dtype == np.dtype(np.object_) else dtype.type
 
 
+def triton_to_numpy_type(data_type: int) -> Any:
+    """A ModelConfig DataType number (TYPE_FP32 = 11, ...) -> the numpy type; None for an unknown number."""
+    name = _CONFIG_NAMES.get(data_type)
+    return None if name is None else triton_string_to_numpy(name)
+
+
+def numpy_to_triton_type(data_type: Any) -> int | None:
+    """A numpy type or dtype -> its ModelConfig DataType number; None for one Triton has no type for."""
+    try:
+        dtype = np.dtype(data_type)
+    except TypeError:
+        return None
+    if dtype.kind == "S":
+        dtype = np.dtype(np.object_)
+    try:
+        return _CONFIG_ENUMS[datatypes.from_numpy(dtype).config_name]
+    except (KilnError, KeyError):
+        return None
+
+
+def serialize_byte_tensor(input_tensor: np.ndarray) -> Any:
+    """A BYTES tensor (object or ``np.bytes_`` array) -> its elements as 4-byte-length-prefixed bytes, in C order
+    (str elements UTF-8 encoded, others through str()); ``()`` for an empty array and None for any other dtype,
+    as Triton's helper answers."""
+    if input_tensor.size == 0:
+        return ()
+    if input_tensor.dtype != np.object_ and input_tensor.dtype.type != np.bytes_:
+        return None
+    return tensors.to_raw(_BYTES, input_tensor.astype(np.object_))
+
+
+def deserialize_bytes_tensor(encoded_tensor: bytes) -> np.ndarray:
+    """Length-prefixed bytes -> a 1-D object array of ``bytes``."""
+    view = memoryview(encoded_tensor)
+    count, pos = 0, 0
+    while pos + 4 <= len(view):
+        pos += 4 + int.from_bytes(view[pos : pos + 4], "little")
+        count += 1
+    try:
+        return tensors.from_raw("encoded_tensor", _BYTES, (count,), view)
+    except KilnError as e:
+        raise TritonModelException(e.message) from None
+
+
+_BYTES = datatypes.from_numpy(np.dtype(np.object_))
+
 # ModelConfig's DataType numbers (fixed by Triton's schema; written out so a worker under another interpreter
 # needs only numpy, not protobuf)
 _CONFIG_ENUMS = {
@@ -302,10 +431,17 @@ _CONFIG_ENUMS = {
     "TYPE_INT16": 7, "TYPE_INT32": 8, "TYPE_INT64": 9, "TYPE_FP16": 10, "TYPE_FP32": 11, "TYPE_FP64": 12,
     "TYPE_STRING": 13,
 }  # fmt: skip
+_CONFIG_NAMES = {number: name for name, number in _CONFIG_ENUMS.items()}
 
 
 class Logger:
-    INFO, WARNING, ERROR, VERBOSE = 0, 1, 2, 3
+    class LogLevel(enum.IntEnum):
+        INFO = 0
+        WARNING = 1
+        ERROR = 2
+        VERBOSE = 3
+
+    INFO, WARNING, ERROR, VERBOSE = LogLevel.INFO, LogLevel.WARNING, LogLevel.ERROR, LogLevel.VERBOSE
 
     @staticmethod
     def log(message: str, level: int = 0) -> None:
@@ -362,27 +498,38 @@ __all__ = [
     "COUNTER",
     "GAUGE",
     "HISTOGRAM",
+    "TRITONSERVER_MEMORY_CPU",
+    "TRITONSERVER_MEMORY_GPU",
     "TRITONSERVER_REQUEST_FLAG_SEQUENCE_END",
     "TRITONSERVER_REQUEST_FLAG_SEQUENCE_START",
+    "TRITONSERVER_REQUEST_RELEASE_ALL",
     "TRITONSERVER_REQUEST_RELEASE_RESCHEDULE",
     "TRITONSERVER_RESPONSE_COMPLETE_FINAL",
     "InferenceRequest",
     "InferenceResponse",
+    "InferenceResponseSender",
     "Logger",
+    "MemoryType",
     "Metric",
     "MetricFamily",
     "MetricKind",
     "ModelConfig",
+    "PreferredMemory",
+    "ResponseIterator",
     "Tensor",
     "TritonError",
     "TritonModelException",
+    "deserialize_bytes_tensor",
     "get_input_config_by_name",
     "get_input_tensor_by_name",
     "get_output_config_by_name",
     "get_output_tensor_by_name",
     "is_model_ready",
     "load_model",
+    "numpy_to_triton_type",
+    "serialize_byte_tensor",
     "triton_string_to_numpy",
+    "triton_to_numpy_type",
     "unload_model",
     "using_decoupled_model_transaction_policy",
 ]

@@ -179,7 +179,7 @@ class ModelRunner:
             self._loop = None
 
 
-class ResponseSender:
+class ResponseSender(pb_utils.InferenceResponseSender):
     """Triton's response sender (``get_response_sender()``) over a request's Kiln sender."""
 
     def __init__(self, work: Request) -> None:
