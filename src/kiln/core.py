@@ -140,6 +140,14 @@ class Core:
             return False
         return status.model is None or status.model.health() is None
 
+    async def model_ready_checked(self, name: str, version: str = "") -> bool:
+        """:meth:`model_ready`, and then the model's own readiness check (a Python model's ``is_ready()``): what
+        the readiness endpoints answer."""
+        if not self.model_ready(name, version):
+            return False
+        model = self.manager.resolve(name, version).model
+        return model is None or await model.ready_check() is None
+
     def model_metadata(self, name: str, version: str = "") -> ModelMetadata:
         model = self.get_model(name, version)
         entry = self.manager.models[name]

@@ -232,6 +232,46 @@ class TritonPythonModel:
         return responses
 """
 
+# Triton's optional is_ready(): asked on every readiness check; a flag file in the model's folder picks its answer
+READY = """
+import os
+import time
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.folder = args["model_repository"]
+
+    def is_ready(self):
+        flag = lambda name: os.path.exists(os.path.join(self.folder, name))
+        if flag("SLOW"):
+            time.sleep(7)
+        if flag("RAISE"):
+            raise RuntimeError("the cache is cold")
+        if flag("WEIRD"):
+            return "yes"
+        return not flag("NOT_READY")
+
+    def execute(self, requests):
+        return [pb_utils.InferenceResponse([pb_utils.get_input_tensor_by_name(r, "IN")]) for r in requests]
+"""
+
+READY_ASYNC = """
+import asyncio
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    async def is_ready(self):
+        await asyncio.sleep(0)
+        return True
+
+    def execute(self, requests):
+        return [pb_utils.InferenceResponse([pb_utils.get_input_tensor_by_name(r, "IN")]) for r in requests]
+"""
+
 IO = 'input [{ name: "INPUT0" data_type: TYPE_FP32 dims: [4] }, { name: "INPUT1" data_type: TYPE_FP32 dims: [4] }]'
 CONFIGS: dict[str, tuple[str, str | None]] = {
     "add_sub_py": (
@@ -278,6 +318,18 @@ output [{ name: "SUM" data_type: TYPE_INT32 dims: [1] }]""",
         """backend: "python" max_batch_size: 0
 input [{ name: "TEXT" data_type: TYPE_STRING dims: [-1] }]
 output [{ name: "NOTE" data_type: TYPE_STRING dims: [1] }]""",
+    ),
+    "ready_py": (
+        READY,
+        """backend: "python" max_batch_size: 0
+input [{ name: "IN" data_type: TYPE_FP32 dims: [4] }]
+output [{ name: "IN" data_type: TYPE_FP32 dims: [4] }]""",
+    ),
+    "ready_async_py": (
+        READY_ASYNC,
+        """backend: "python" max_batch_size: 0
+input [{ name: "IN" data_type: TYPE_FP32 dims: [4] }]
+output [{ name: "IN" data_type: TYPE_FP32 dims: [4] }]""",
     ),
     "broken_py": (
         BROKEN,
@@ -477,3 +529,30 @@ def test_the_rest_of_triton_s_module_surface(server: KilnProcess) -> None:
         assert note["dlpack"] == [0.0, 1.0, 2.0]
         assert note["first"] == 0 and note["after_cancel"] == 0 and note["iterator"]
         assert "rescheduling" in note["reschedule"] and "not implemented" in note["reschedule"]
+
+
+def test_is_ready_answers_the_readiness_checks(server: KilnProcess) -> None:
+    """Triton's optional ``is_ready()``: False, an exception, a non-bool or no answer within 5 s make the model
+    not ready on both protocols; inference itself is not refused (as in Triton)."""
+    folder = Path(server.args[server.args.index("--model-repository") + 1]) / "ready_py"
+    http = httpclient.InferenceServerClient(server.http_url)
+    grpc = grpcclient.InferenceServerClient(server.grpc_url)
+
+    def ready() -> tuple[bool, bool]:
+        return http.is_model_ready("ready_py"), grpc.is_model_ready("ready_py")
+
+    assert ready() == (True, True)
+    assert http.is_model_ready("ready_async_py") and grpc.is_model_ready("ready_async_py")
+    x = httpclient.InferInput("IN", [4], "FP32")
+    x.set_data_from_numpy(np.ones(4, np.float32))
+    for flag in ("NOT_READY", "RAISE", "WEIRD"):
+        (folder / flag).touch()
+        assert ready() == (False, False), flag
+        assert http.infer("ready_py", [x]).as_numpy("IN").tolist() == [1.0] * 4
+        (folder / flag).unlink()
+        assert ready() == (True, True), flag
+    (folder / "SLOW").touch()
+    assert http.is_model_ready("ready_py") is False  # after the 5 s limit
+    (folder / "SLOW").unlink()
+    assert ready() == (True, True)  # the slow check still running is waited for, then a new one answers
+    assert "is_ready() raised RuntimeError: the cache is cold" in server.log()

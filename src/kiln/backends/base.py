@@ -95,6 +95,8 @@ class Backend(ABC):
     #: :mod:`kiln.bridge` greenlet: its calls into the core must be the caller's sync methods, which switch to the
     #: loop there instead of blocking it (an instance attribute where it depends on the model)
     runs_inline: bool = False
+    #: whether :meth:`ready_check` asks the model anything (else readiness checks skip the thread hop)
+    checks_readiness: bool = False
     #: the config parameter that sets the CPU threads (what ``kiln bench --threads`` writes)
     threads_parameter: ClassVar[str] = "intra_op_thread_count"
 
@@ -125,6 +127,12 @@ class Backend(ABC):
 
     def health(self) -> str | None:
         """None while the instance can serve; else why not (a crashed worker being restarted, ...)."""
+        return None
+
+    def ready_check(self) -> str | None:
+        """Blocking, run on a worker thread when a client asks whether the model is ready (only where
+        ``checks_readiness``): the model's own readiness check, such as a Python model's ``is_ready()``. None:
+        ready; else why not."""
         return None
 
     def dependencies(self) -> list[str]:

@@ -103,7 +103,8 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     @guarded("health")
     async def ModelReady(self, request: Any, context: Any) -> service_pb2.ModelReadyResponse:
-        return service_pb2.ModelReadyResponse(ready=self.core.model_ready(request.name, request.version))
+        ready = await self.core.model_ready_checked(request.name, request.version)
+        return service_pb2.ModelReadyResponse(ready=ready)
 
     @guarded("metadata")
     async def ServerMetadata(self, request: Any, context: Any) -> service_pb2.ServerMetadataResponse:

@@ -84,7 +84,7 @@ def create_app(core: Core, options: HttpOptions | None = None) -> ASGIApp:
         return Response(status_code=200 if core.is_ready() else 400)
 
     async def model_ready(request: Request) -> Response:
-        ok = core.model_ready(request.path_params["model"], _version(request))
+        ok = await core.model_ready_checked(request.path_params["model"], _version(request))
         return Response(status_code=200 if ok else 400)
 
     async def model_metadata(request: Request) -> Response:

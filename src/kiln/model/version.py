@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -27,6 +28,9 @@ if TYPE_CHECKING:
     from kiln.scheduling.work import Work
 
 log = logging.getLogger(__name__)
+
+#: how long a readiness check waits for a model's own is_ready() (Triton's Python backend waits 5 s)
+READY_CHECK_TIMEOUT_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,9 @@ class Model:
         self.name = config.name
         self.version = version
         self.backends = backends  # one per model instance
+        self._ready_checks: dict[
+            int, asyncio.Future[str | None]
+        ] = {}  # running readiness checks, per instance
         self.backend = backends[0]
         self.batched = self.backend.shape is ExecutionShape.BATCHED
         self.inline_requests = not self.batched and all(b.runs_inline for b in backends)
@@ -276,6 +283,30 @@ class Model:
     def health(self) -> str | None:
         """Why an instance of this version cannot serve right now (None: all can)."""
         return next((reason for b in self.backends if (reason := b.health()) is not None), None)
+
+    async def ready_check(self, timeout_s: float = READY_CHECK_TIMEOUT_S) -> str | None:
+        """The instances' own readiness checks (a Python model's ``is_ready()``), each on a worker thread: None
+        when all answer ready within ``timeout_s``; else why not. A check still running when the next one comes
+        is waited for again, not started twice."""
+        loop = asyncio.get_running_loop()
+        for index, backend in enumerate(self.backends):
+            if not backend.checks_readiness:
+                continue
+            running = self._ready_checks.get(index)
+            if running is None or running.done():
+                running = self._ready_checks[index] = asyncio.ensure_future(
+                    loop.run_in_executor(None, backend.ready_check)
+                )
+            try:
+                reason = await asyncio.wait_for(asyncio.shield(running), timeout_s)
+            except TimeoutError:
+                reason = f"its readiness check (is_ready()) did not answer within {timeout_s:g} s"
+            except Exception as e:  # a backend's own failure: the model is not ready, the server goes on
+                reason = f"its readiness check failed: {type(e).__name__}: {e}"
+            if reason is not None:
+                log.info("model '%s' version %s is not ready: %s", self.name, self.version, reason)
+                return reason
+        return None
 
     def execute_requests(self, works: list[Work], instance: int = 0) -> None:
         """Blocking: hand the scheduled requests to a per-request backend's instance."""

@@ -71,6 +71,7 @@ class PythonBackend(Backend):
                 self._merge(self.runner.auto_complete())
             self.runner.initialize()
             self.runs_inline = self.runner.runs_inline
+            self.checks_readiness = self.runner.has_ready_check
             self.worker = None
             return
         from kiln.backends.python.process import WorkerProcess
@@ -87,6 +88,7 @@ class PythonBackend(Backend):
             timeout,
         )
         self._merge(self.worker.start())
+        self.checks_readiness = True  # the worker answers at once when its model has no is_ready()
 
     def _merge(self, completed: dict[str, Any]) -> None:
         """A config ``auto_complete_config`` filled in becomes this version's config."""
@@ -108,6 +110,11 @@ class PythonBackend(Backend):
 
     def health(self) -> str | None:
         return None if self.worker is None else self.worker.dead
+
+    def ready_check(self) -> str | None:
+        if self.worker is not None:
+            return self.worker.ready()
+        return None if self.runner is None else self.runner.ready()
 
     def execute_requests(self, works: list[Work]) -> None:
         if self.worker is not None:

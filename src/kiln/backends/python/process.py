@@ -121,6 +121,26 @@ class WorkerProcess:
                     ipc.discard_array(packed)
             raise
 
+    def ready(self) -> str | None:
+        """The model's ``is_ready()``, asked of the worker (answered on a thread of its own, beside execute)."""
+        if self.dead is not None:
+            return self.dead
+        batch_id = next(self._ids)
+        done = threading.Event()
+        result: list[Any] = []
+        self._batches[batch_id] = (done, result)
+        try:
+            self._send(("ready", batch_id, None))
+            done.wait()
+        except UnavailableError as e:
+            return e.message
+        finally:
+            self._batches.pop(batch_id, None)
+        if not result:
+            return self.dead or "the worker exited"
+        error, value = result[0]
+        return ipc.unpack_error(error).message if error is not None else value
+
     def _job(self, kind: str, payload: Any, timeout: float | None) -> Any:
         batch_id = next(self._ids)
         done = threading.Event()

@@ -104,6 +104,28 @@ class ModelRunner:
             raise ModelLoadError(f"initialize() failed: {type(e).__name__}: {e}") from None
 
     @property
+    def has_ready_check(self) -> bool:
+        return self.model is not None and callable(getattr(self.model, "is_ready", None))
+
+    def ready(self) -> str | None:
+        """The model's optional ``is_ready()`` (plain or ``async def``), as Triton's stub calls it for a readiness
+        check: None when it returns True; else why the model is not ready (False, an exception, not a bool)."""
+        if not self.has_ready_check:
+            return None
+        token = shared.current_model.set((self.name, self.version))
+        try:
+            result = self.model.is_ready()
+            if inspect.isawaitable(result):  # on this thread's own loop: execute may be using the instance's
+                result = asyncio.run(_awaited(result))
+        except Exception as e:
+            return f"is_ready() raised {type(e).__name__}: {e}"
+        finally:
+            shared.current_model.reset(token)
+        if not isinstance(result, bool):
+            return f"is_ready() returned {type(result).__name__}, not a bool"
+        return None if result else "is_ready() returned False"
+
+    @property
     def runs_inline(self) -> bool:
         """Whether ``execute`` may run on the server's loop (in a bridge greenlet): a plain ``def`` one may; an
         ``async def`` one runs on this instance's own loop, on a worker thread."""
@@ -177,6 +199,10 @@ class ModelRunner:
         if self._loop is not None:
             self._loop.close()
             self._loop = None
+
+
+async def _awaited(awaitable: Any) -> Any:
+    return await awaitable
 
 
 class ResponseSender(pb_utils.InferenceResponseSender):

@@ -220,6 +220,9 @@ def main(fd: int) -> None:
             if kind == "finalize":
                 return
 
+    def answer_ready(batch_id: int) -> None:
+        channel.send(("done", batch_id, None, None if runner is None else runner.ready(), []))
+
     executor = threading.Thread(target=run_jobs, name="kiln-python-execute", daemon=True)
     executor.start()
     while True:
@@ -233,6 +236,8 @@ def main(fd: int) -> None:
             if kind == "finalize":
                 executor.join()
                 break
+        elif kind == "ready":
+            threading.Thread(target=answer_ready, args=(message[1],), daemon=True).start()
         elif kind == "answer":
             _, call_id, answer_kind, value = message
             waiting = channel.waiting.get(call_id)
