@@ -272,6 +272,9 @@ class TritonPythonModel:
         return [pb_utils.InferenceResponse([pb_utils.get_input_tensor_by_name(r, "IN")]) for r in requests]
 """
 
+READY_CONFIG = """backend: "python" max_batch_size: 0
+input [{ name: "IN" data_type: TYPE_FP32 dims: [4] }]
+output [{ name: "IN" data_type: TYPE_FP32 dims: [4] }]"""
 IO = 'input [{ name: "INPUT0" data_type: TYPE_FP32 dims: [4] }, { name: "INPUT1" data_type: TYPE_FP32 dims: [4] }]'
 CONFIGS: dict[str, tuple[str, str | None]] = {
     "add_sub_py": (
@@ -319,18 +322,8 @@ output [{ name: "SUM" data_type: TYPE_INT32 dims: [1] }]""",
 input [{ name: "TEXT" data_type: TYPE_STRING dims: [-1] }]
 output [{ name: "NOTE" data_type: TYPE_STRING dims: [1] }]""",
     ),
-    "ready_py": (
-        READY,
-        """backend: "python" max_batch_size: 0
-input [{ name: "IN" data_type: TYPE_FP32 dims: [4] }]
-output [{ name: "IN" data_type: TYPE_FP32 dims: [4] }]""",
-    ),
-    "ready_async_py": (
-        READY_ASYNC,
-        """backend: "python" max_batch_size: 0
-input [{ name: "IN" data_type: TYPE_FP32 dims: [4] }]
-output [{ name: "IN" data_type: TYPE_FP32 dims: [4] }]""",
-    ),
+    "ready_py": (READY, READY_CONFIG),
+    "ready_async_py": (READY_ASYNC, READY_CONFIG),
     "broken_py": (
         BROKEN,
         f"""backend: "python" max_batch_size: 0
