@@ -272,6 +272,62 @@ class TritonPythonModel:
         return [pb_utils.InferenceResponse([pb_utils.get_input_tensor_by_name(r, "IN")]) for r in requests]
 """
 
+# await async_exec(decoupled=True) returns at the callee's first response: the callee sends its second only once the
+# caller, holding the first, writes a flag file ("late" if it waited 10 s for it)
+HANDSHAKE = """
+import os
+import threading
+import time
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.flag = os.path.join(args["model_repository"], "GO")
+
+    def execute(self, requests):
+        for request in requests:
+            threading.Thread(target=self.answer, args=(request.get_response_sender(),)).start()
+        return None
+
+    def answer(self, sender):
+        sender.send(pb_utils.InferenceResponse([pb_utils.Tensor("OUT", np.array([b"first"], np.object_))]))
+        deadline = time.monotonic() + 10
+        while not os.path.exists(self.flag) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        second = b"second" if os.path.exists(self.flag) else b"late"
+        sender.send(pb_utils.InferenceResponse([pb_utils.Tensor("OUT", np.array([second], np.object_))]),
+                    flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+"""
+
+HANDSHAKE_CALLER = """
+import os
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.flag = os.path.join(os.path.dirname(args["model_repository"]), "handshake_py", "GO")
+
+    async def execute(self, requests):
+        out = []
+        for request in requests:
+            call = pb_utils.InferenceRequest(model_name="handshake_py", requested_output_names=["OUT"],
+                                             inputs=[pb_utils.get_input_tensor_by_name(request, "IN")])
+            responses = await call.async_exec(decoupled=True)
+            words = []
+            for response in responses:
+                if not words:
+                    open(self.flag, "w").close()
+                if response.output_tensors():
+                    words.append(pb_utils.get_output_tensor_by_name(response, "OUT").as_numpy()[0])
+            os.remove(self.flag)
+            out.append(pb_utils.InferenceResponse([pb_utils.Tensor("WORDS", np.array(words, np.object_))]))
+        return out
+"""
+
 READY_CONFIG = """backend: "python" max_batch_size: 0
 input [{ name: "IN" data_type: TYPE_FP32 dims: [4] }]
 output [{ name: "IN" data_type: TYPE_FP32 dims: [4] }]"""
@@ -323,6 +379,19 @@ input [{ name: "TEXT" data_type: TYPE_STRING dims: [-1] }]
 output [{ name: "NOTE" data_type: TYPE_STRING dims: [1] }]""",
     ),
     "ready_py": (READY, READY_CONFIG),
+    "handshake_py": (
+        HANDSHAKE,
+        """backend: "python" max_batch_size: 0
+model_transaction_policy { decoupled: true }
+input [{ name: "IN" data_type: TYPE_FP32 dims: [4] }]
+output [{ name: "OUT" data_type: TYPE_STRING dims: [1] }]""",
+    ),
+    "handshake_caller_py": (
+        HANDSHAKE_CALLER,
+        """backend: "python" max_batch_size: 0
+input [{ name: "IN" data_type: TYPE_FP32 dims: [4] }]
+output [{ name: "WORDS" data_type: TYPE_STRING dims: [-1] }]""",
+    ),
     "ready_async_py": (READY_ASYNC, READY_CONFIG),
     "broken_py": (
         BROKEN,
@@ -549,3 +618,12 @@ def test_is_ready_answers_the_readiness_checks(server: KilnProcess) -> None:
     (folder / "SLOW").unlink()
     assert ready() == (True, True)  # the slow check still running is waited for, then a new one answers
     assert "is_ready() raised RuntimeError: the cache is cold" in server.log()
+
+
+def test_async_decoupled_bls_returns_at_the_first_response(server: KilnProcess) -> None:
+    x = httpclient.InferInput("IN", [4], "FP32")
+    x.set_data_from_numpy(np.ones(4, np.float32))
+    words = (
+        httpclient.InferenceServerClient(server.http_url).infer("handshake_caller_py", [x]).as_numpy("WORDS")
+    )
+    assert [w.decode() for w in words] == ["first", "second"]

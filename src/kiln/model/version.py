@@ -73,9 +73,8 @@ class Model:
         self.name = config.name
         self.version = version
         self.backends = backends  # one per model instance
-        self._ready_checks: dict[
-            int, asyncio.Future[str | None]
-        ] = {}  # running readiness checks, per instance
+        # the readiness check running for each instance (ready_check)
+        self._ready_checks: dict[int, asyncio.Future[str | None]] = {}
         self.backend = backends[0]
         self.batched = self.backend.shape is ExecutionShape.BATCHED
         self.inline_requests = not self.batched and all(b.runs_inline for b in backends)

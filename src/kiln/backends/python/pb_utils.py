@@ -308,7 +308,7 @@ def _responses(stream: Iterator[Any]) -> Iterator[InferenceResponse]:
 
 class ResponseIterator:
     """What ``exec(decoupled=True)`` returns: the callee's responses as they come; ``cancel()`` cancels the call
-    (the callee sees ``is_cancelled()``) and ends the iteration."""
+    (as a client that goes away does) and ends the iteration."""
 
     def __init__(self, responses: Iterator[InferenceResponse]) -> None:
         self._responses = responses
@@ -329,27 +329,34 @@ class InferenceResponseSender:
     """Triton's name for the type ``request.get_response_sender()`` returns (``send``, ``is_cancelled``)."""
 
 
-class _Responses:
-    """What ``await async_exec(decoupled=True)`` returns: the responses, iterable with ``for`` (as Triton's) and
-    with ``async for``."""
+class _AsyncResponses(ResponseIterator):
+    """What ``await async_exec(decoupled=True)`` returns, once the callee's first response is in (as Triton's):
+    the responses as they come, with ``for`` (each next one waited for, as in Triton) or ``async for`` (waited
+    for off this event loop); ``cancel()`` cancels the call."""
 
-    def __init__(self, responses: list[InferenceResponse]) -> None:
-        self._items = responses
+    def __init__(self, first: InferenceResponse | None, rest: Iterator[InferenceResponse]) -> None:
+        super().__init__(rest)
+        self._first = first
 
-    def __iter__(self) -> Iterator[InferenceResponse]:
-        return iter(self._items)
+    def __next__(self) -> InferenceResponse:
+        if self._first is not None:
+            first, self._first = self._first, None
+            return first
+        return super().__next__()
 
     def __aiter__(self) -> AsyncIterator[InferenceResponse]:
         async def gen() -> AsyncIterator[InferenceResponse]:
-            for item in self._items:
+            loop = asyncio.get_running_loop()
+            while (item := await loop.run_in_executor(None, next, self, None)) is not None:
                 yield item
 
         return gen()
 
 
-async def _async_responses(caller: Any, request: InferRequest) -> _Responses:
-    loop = asyncio.get_running_loop()
-    return _Responses(await loop.run_in_executor(None, lambda: list(_responses(caller.stream_sync(request)))))
+async def _async_responses(caller: Any, request: InferRequest) -> _AsyncResponses:
+    stream = _responses(caller.stream_sync(request))
+    first = await asyncio.get_running_loop().run_in_executor(None, next, stream, None)
+    return _AsyncResponses(first, stream)
 
 
 # -- helpers Triton's module has -----------------------------------------------------------------------
