@@ -95,6 +95,9 @@ class Backend(ABC):
     #: :mod:`kiln.bridge` greenlet: its calls into the core must be the caller's sync methods, which switch to the
     #: loop there instead of blocking it (an instance attribute where it depends on the model)
     runs_inline: bool = False
+    #: whether :meth:`execute_requests_async` is what to call: a PER_REQUEST backend that only waits for another
+    #: process (the Python backend's process isolation) is awaited on the loop, no server thread blocked
+    async_requests: bool = False
     #: whether :meth:`ready_check` asks the model anything (else readiness checks skip the thread hop)
     checks_readiness: bool = False
     #: the config parameter that sets the CPU threads (what ``kiln bench --threads`` writes)
@@ -147,6 +150,10 @@ class Backend(ABC):
         """PER_REQUEST: run the scheduled requests and answer each through ``work.sender`` (from this thread or
         later from any other). An exception fails every request of the call that is not answered yet."""
         raise UnimplementedError(f"backend '{self.name}' does not execute per request")
+
+    async def execute_requests_async(self, works: list[Work]) -> None:
+        """PER_REQUEST with ``async_requests``: :meth:`execute_requests`, awaited on the event loop."""
+        raise UnimplementedError(f"backend '{self.name}' has no execute_requests_async")
 
     def unload(self) -> None:  # noqa: B027 - optional hook
         """Release runtime resources."""

@@ -78,6 +78,7 @@ class Model:
         self.backend = backends[0]
         self.batched = self.backend.shape is ExecutionShape.BATCHED
         self.inline_requests = not self.batched and all(b.runs_inline for b in backends)
+        self.async_requests = not self.batched and all(b.async_requests for b in backends)
         self.decoupled = config.model_transaction_policy.decoupled
         self.dependencies = list(self.backend.dependencies())
         self.ensemble = getattr(self.backend, "plan", None)  # an ensemble's graph (kiln.config.ensemble)
@@ -310,6 +311,10 @@ class Model:
     def execute_requests(self, works: list[Work], instance: int = 0) -> None:
         """Blocking: hand the scheduled requests to a per-request backend's instance."""
         self.backends[instance].execute_requests(works)
+
+    async def execute_requests_async(self, works: list[Work], instance: int = 0) -> None:
+        """Where ``async_requests``: the same, awaited on the event loop."""
+        await self.backends[instance].execute_requests_async(works)
 
     def respond(
         self,

@@ -45,6 +45,13 @@ class Target(Protocol):
 
     def execute_requests(self, works: list[Work], instance: int) -> None: ...
 
+    @property
+    def async_requests(self) -> bool:
+        """Whether ``execute_requests_async`` is the call (a backend that waits for another process)."""
+        ...
+
+    async def execute_requests_async(self, works: list[Work], instance: int) -> None: ...
+
 
 class Scheduler(ABC):
     def __init__(
@@ -174,7 +181,11 @@ class Scheduler(ABC):
         infer_ns = 0
         t0 = time.perf_counter_ns()
         try:
-            _, infer_ns = await self._run(self.target.execute_requests, works, instance)
+            if self.target.async_requests:
+                await self.target.execute_requests_async(works, instance)
+                infer_ns = time.perf_counter_ns() - t0
+            else:
+                _, infer_ns = await self._run(self.target.execute_requests, works, instance)
         except Exception as e:
             infer_ns = time.perf_counter_ns() - t0
             # a KilnError is the backend's message for the client; anything else is a bug, which the transport

@@ -36,6 +36,7 @@ class Merged:
 
     batched = True
     inline_requests = False
+    async_requests = False
 
     def __init__(self, fn: Fn | None = None) -> None:
         self.sizes: list[int] = []
@@ -65,6 +66,7 @@ class PerRequest:
 
     batched = False
     inline_requests = False
+    async_requests = False
 
     def __init__(self) -> None:
         self.calls: list[int] = []

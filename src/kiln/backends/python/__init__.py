@@ -89,6 +89,7 @@ class PythonBackend(Backend):
         )
         self._merge(self.worker.start())
         self.checks_readiness = True  # the worker answers at once when its model has no is_ready()
+        self.async_requests = True  # the loop sends each batch and awaits its end: no server thread waits
 
     def _merge(self, completed: dict[str, Any]) -> None:
         """A config ``auto_complete_config`` filled in becomes this version's config."""
@@ -122,6 +123,10 @@ class PythonBackend(Backend):
         else:
             assert self.runner is not None
             self.runner.execute(works)
+
+    async def execute_requests_async(self, works: list[Work]) -> None:
+        assert self.worker is not None
+        await self.worker.execute_async(works)
 
     def unload(self) -> None:
         if self.worker is not None:

@@ -4,6 +4,7 @@ held with a clear UNAVAILABLE error, makes the model report UNAVAILABLE, and is 
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import os
@@ -29,6 +30,25 @@ INIT_TIMEOUT_S = 300.0
 RESTART_DELAY_S = 0.5
 
 
+class _LoopDone:
+    """A batch's end, for a caller awaiting it on an event loop; ``set()`` from the reader thread (or when the
+    worker dies), as for a ``threading.Event``."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.future: asyncio.Future[None] = loop.create_future()
+
+    def set(self) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self._resolve)
+        except RuntimeError:  # the loop is closed: nobody awaits it any more
+            pass
+
+    def _resolve(self) -> None:
+        if not self.future.done():
+            self.future.set_result(None)
+
+
 class WorkerProcess:
     def __init__(
         self,
@@ -49,7 +69,7 @@ class WorkerProcess:
         self._stopped_because = ""  # set when the server stops a hung worker itself
         self.closing = False
         self.pending: dict[int, Work] = {}
-        self._batches: dict[int, tuple[threading.Event, list[Any]]] = {}
+        self._batches: dict[int, tuple[threading.Event | _LoopDone, list[Any]]] = {}
         self._ids = itertools.count(1)
         self._send_lock = threading.Lock()
         # these threads make a worker's model calls; no execute on the loop ever waits for them
@@ -103,6 +123,35 @@ class WorkerProcess:
 
     # -- requests ----------------------------------------------------------------------------------------
     def execute(self, works: list[Work]) -> None:
+        items = self._pack(works)
+        try:
+            self._job("execute", items, self.execute_timeout_s or None)
+        except UnavailableError:
+            self._discard(items)
+            raise
+
+    async def execute_async(self, works: list[Work]) -> None:
+        """:meth:`execute` for a caller on the event loop: sent from it, and awaited there, so no thread of the
+        server waits for the worker (the reader thread wakes the loop once the batch is done)."""
+        items = self._pack(works)
+        batch_id = next(self._ids)
+        done = _LoopDone(asyncio.get_running_loop())
+        result: list[Any] = []
+        self._batches[batch_id] = (done, result)
+        try:
+            self._send(("execute", batch_id, items))
+            try:
+                await asyncio.wait_for(asyncio.shield(done.future), self.execute_timeout_s or None)
+            except TimeoutError:
+                self._stop_hung("execute", self.execute_timeout_s)
+            self._outcome(result)
+        except UnavailableError:
+            self._discard(items)
+            raise
+        finally:
+            self._batches.pop(batch_id, None)
+
+    def _pack(self, works: list[Work]) -> list[tuple[int, dict[str, Any], list[str]]]:
         if self.dead is not None:
             raise UnavailableError(f"model '{self.name}' is unavailable: {self.dead}")
         items = []
@@ -112,14 +161,14 @@ class WorkerProcess:
             work.request.cancellation.on_cancel(lambda rid=request_id: self._send(("cancel", rid)))
             fields = ipc.pack_request(work.request, work.feeds)
             items.append((request_id, fields, list(work.outputs)))
-        try:
-            self._job("execute", items, self.execute_timeout_s or None)
-        except UnavailableError:
-            # the worker died or hung with this batch: its inputs' shared-memory blocks may never be unlinked
-            for _, fields, _ in items:
-                for *_, packed in fields["inputs"]:
-                    ipc.discard_array(packed)
-            raise
+        return items
+
+    @staticmethod
+    def _discard(items: list[tuple[int, dict[str, Any], list[str]]]) -> None:
+        """The worker died or hung with this batch: its inputs' shared-memory blocks may never be unlinked."""
+        for _, fields, _ in items:
+            for *_, packed in fields["inputs"]:
+                ipc.discard_array(packed)
 
     def ready(self) -> str | None:
         """The model's ``is_ready()``, asked of the worker (answered on a thread of its own, beside execute)."""
@@ -149,13 +198,19 @@ class WorkerProcess:
         try:
             self._send((kind, batch_id, payload))
             if not done.wait(timeout):
-                reason = f"{kind}() did not return within {timeout:g} s; the worker was stopped"
-                log.error("model '%s': %s", self.name, reason)
-                self._stopped_because = reason
-                self._kill()  # the reader then sees the worker die, fails what it held and restarts it
-                raise UnavailableError(f"model '{self.name}': {reason}")
+                self._stop_hung(kind, timeout or 0.0)
         finally:
             self._batches.pop(batch_id, None)
+        return self._outcome(result)
+
+    def _stop_hung(self, kind: str, timeout: float) -> None:
+        reason = f"{kind}() did not return within {timeout:g} s; the worker was stopped"
+        log.error("model '%s': %s", self.name, reason)
+        self._stopped_because = reason
+        self._kill()  # the reader then sees the worker die, fails what it held and restarts it
+        raise UnavailableError(f"model '{self.name}': {reason}")
+
+    def _outcome(self, result: list[Any]) -> Any:
         error, value = result[0] if result else (("UNAVAILABLE", self.dead or "the worker exited"), None)
         if error is not None:
             raise ipc.unpack_error(error)
