@@ -17,9 +17,20 @@ from pathlib import Path
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct free ports: every socket is held open until all are chosen (one at a time, the OS may
+    hand the same port out twice)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 def wait_until(condition: Callable[[], object], timeout: float = 10.0, what: str = "the condition") -> None:
@@ -43,7 +54,7 @@ class KilnProcess:
     ) -> None:
         # http_ssl_context: the server's HTTP port speaks TLS; readiness is checked over https with this context
         self.http_ssl_context = http_ssl_context
-        self.http_port, self.grpc_port, self.metrics_port = free_port(), free_port(), free_port()
+        self.http_port, self.grpc_port, self.metrics_port = free_ports(3)
         self.http_url = f"127.0.0.1:{self.http_port}"
         self.grpc_url = f"127.0.0.1:{self.grpc_port}"
         self.log_path = log_dir / f"kiln-{self.http_port}.log"

@@ -193,6 +193,20 @@ async def serve(options: ServerOptions, stop: asyncio.Event | None = None) -> No
 def _bind_ports(options: ServerOptions) -> dict[str, socket.socket]:
     """Listening sockets for HTTP and metrics (handed to uvicorn later); the gRPC port is only checked here (gRPC
     binds its own): a busy port is a StartupError naming it."""
+    enabled = [
+        (what, port)
+        for what, on, port in (
+            ("HTTP", options.allow_http, options.http_port),
+            ("gRPC", options.allow_grpc, options.grpc_port),
+            ("metrics", options.allow_metrics, options.metrics_port),
+        )
+        if on and port != 0
+    ]
+    for i, (what, port) in enumerate(enabled):
+        for other, other_port in enabled[i + 1 :]:
+            if port == other_port:
+                # two unlistened sockets with SO_REUSEADDR may share a port: without this check both would bind
+                raise StartupError(f"the {what} and {other} servers cannot share port {port}")
     sockets: dict[str, socket.socket] = {}
     try:
         if options.allow_http:

@@ -28,7 +28,7 @@ if not zoo.classifier_available() or importlib.util.find_spec("skimage") is None
 from images import png_header_only
 from kiln.vision import load_image, sample
 from kiln.vision.remote import Remote
-from servers import KilnProcess, free_port
+from servers import KilnProcess, free_ports
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 TABBY, TIGER_CAT, EGYPTIAN_CAT, ESPRESSO = 281, 282, 285, 967
@@ -328,7 +328,10 @@ def test_prepare_into_a_file_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_demo_prepares_serves_and_leaves_the_results(tmp_path: Path) -> None:
-    ports = {f"DEMO_{kind}_PORT": str(free_port()) for kind in ("HTTP", "GRPC", "METRICS")}
+    ports = {
+        f"DEMO_{kind}_PORT": str(p)
+        for kind, p in zip(("HTTP", "GRPC", "METRICS"), free_ports(3), strict=True)
+    }
     env = {**os.environ, **ports, "PY": sys.executable, "DEMO_DIR": str(tmp_path / "demo")}
     out = subprocess.run(
         ["bash", str(EXAMPLES / "demo.sh")], capture_output=True, text=True, timeout=110, env=env

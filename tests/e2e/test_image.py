@@ -24,7 +24,7 @@ import tritonclient.http as httpclient
 
 from kiln import __version__
 from kiln.examples import models, write_model
-from servers import free_port, wait_until
+from servers import free_port, free_ports, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGE = os.environ.get("KILN_IMAGE", f"localhost/kiln:{__version__}")
@@ -158,7 +158,7 @@ def test_serves_a_mounted_repository(image: str, container: str, tmp_path: Path)
     os.chmod(tmp_path, 0o755)
     for path in repo.rglob("*"):
         os.chmod(path, 0o755 if path.is_dir() else 0o644)
-    http_port, grpc_port, metrics_port = free_port(), free_port(), free_port()
+    http_port, grpc_port, metrics_port = free_ports(3)
     log = tmp_path / "serve.log"
     cmd = [
         *BUILDAH, "run", "--isolation", "chroot", "--network", "host", "-v", f"{repo}:/models:ro", container, "--",

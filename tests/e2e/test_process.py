@@ -76,6 +76,21 @@ def test_a_busy_port_is_one_clear_line_before_any_model_loads(
     assert "loaded model" not in log and "chttp2" not in log  # no model loaded, no gRPC C-core log
 
 
+def test_two_servers_on_one_port_is_a_clear_startup_error(test_repo: Path, tmp_path: Path) -> None:
+    """Two sockets bound with SO_REUSEADDR and not yet listening may share a port on Linux: without the check,
+    HTTP and gRPC both "listened" on one port and every HTTP client got gRPC's frames."""
+    server = KilnProcess([test_repo], log_dir=tmp_path)
+    server.args[server.args.index("--grpc-port") + 1] = str(server.http_port)
+    server.start(wait=False)
+    try:
+        assert server.wait_exit(60) == 1
+    finally:
+        server.stop()
+    log = server.log()
+    assert f"the HTTP and gRPC servers cannot share port {server.http_port}" in log
+    assert "loaded model" not in log
+
+
 def test_missing_repository_is_a_clear_error(tmp_path: Path) -> None:
     server = KilnProcess([tmp_path / "nope"], log_dir=tmp_path).start(wait=False)
     try:
