@@ -56,6 +56,16 @@ def test_exit_on_error_stops_with_the_reason(broken_repo: Path, tmp_path: Path) 
     assert "--exit-on-error" in server.log() and "garbage_file" in server.log()
 
 
+def _startup_failure(server: KilnProcess) -> str:
+    """Start ``server``, which must exit with status 1 before serving; its log."""
+    server.start(wait=False)
+    try:
+        assert server.wait_exit(60) == 1
+    finally:
+        server.stop()
+    return server.log()
+
+
 @pytest.mark.parametrize(("flag", "what"), [("--http-port", "HTTP"), ("--grpc-port", "gRPC")])
 def test_a_busy_port_is_one_clear_line_before_any_model_loads(
     test_repo: Path, tmp_path: Path, flag: str, what: str
@@ -66,12 +76,7 @@ def test_a_busy_port_is_one_clear_line_before_any_model_loads(
         port = busy.getsockname()[1]
         server = KilnProcess([test_repo], log_dir=tmp_path)
         server.args[server.args.index(flag) + 1] = str(port)
-        server.start(wait=False)
-        try:
-            assert server.wait_exit(60) == 1
-        finally:
-            server.stop()
-    log = server.log()
+        log = _startup_failure(server)
     assert f"cannot listen for {what} on 127.0.0.1:{port}" in log
     assert "loaded model" not in log and "chttp2" not in log  # no model loaded, no gRPC C-core log
 
@@ -81,12 +86,7 @@ def test_two_servers_on_one_port_is_a_clear_startup_error(test_repo: Path, tmp_p
     HTTP and gRPC both "listened" on one port and every HTTP client got gRPC's frames."""
     server = KilnProcess([test_repo], log_dir=tmp_path)
     server.args[server.args.index("--grpc-port") + 1] = str(server.http_port)
-    server.start(wait=False)
-    try:
-        assert server.wait_exit(60) == 1
-    finally:
-        server.stop()
-    log = server.log()
+    log = _startup_failure(server)
     assert f"the HTTP and gRPC servers cannot share port {server.http_port}" in log
     assert "loaded model" not in log
 
